@@ -1,0 +1,598 @@
+"""Shared transformer building blocks: attention, the transformer block, patch and time embeddings.
+
+Every model in `minimodels` (CLIP, ViLBERT, DALL-E, the diffusion U-Net and DiT, LLaVA, ...) is
+built from the few pieces in this file, so it is worth reading once from top to bottom:
+
+1. `MultiHeadAttention`  -- self-attention and cross-attention, with padding and causal masks.
+2. `TransformerBlock`    -- pre-norm block: attention, optional cross-attention, MLP.
+3. `patchify` / `PatchEmbedding` -- a ViT's image-to-token step.
+4. `timestep_embedding` / `TimestepEmbedding` -- sinusoidal features of a diffusion time step.
+
+Shape letters used in the comments:
+    B  batch size              T  number of query tokens    S  number of key/value tokens
+    C  embedding width (dim)   nh number of heads           hs head size = C // nh
+
+MASK CONVENTION (used everywhere in minimodels): a mask is a bool tensor and
+**True means "this position may be attended to" (keep)**, exactly like the `attn_mask` of
+`torch.nn.functional.scaled_dot_product_attention` and like a tokenizer's `attention_mask`
+(1 = real token). `torch.nn.MultiheadAttention` uses the OPPOSITE meaning for its bool masks
+(True = "mask this out"); convert with `~mask` when moving between the two.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "MultiHeadAttention",
+    "TransformerBlock",
+    "patchify",
+    "unpatchify",
+    "PatchEmbedding",
+    "timestep_embedding",
+    "TimestepEmbedding",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks. Each raises an error that names the parameter, what was expected and what came.
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int; got {value!r} ({type(value).__name__})")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int; got {value}")
+
+
+def _check_probability(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float in [0, 1); got {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a float in [0, 1); got {value}")
+
+
+def _check_float_tensor(x, name: str, ndim: int, layout: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {layout}; got {type(x).__name__}")
+    if x.ndim != ndim:
+        raise ValueError(
+            f"{name} must have {ndim} dimensions {layout}; got shape {tuple(x.shape)} "
+            f"({x.ndim} dimensions)"
+        )
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor {layout}; got dtype {x.dtype}. "
+            "(Token ids go through an nn.Embedding first; uint8 images need .float() / 255.)"
+        )
+
+
+def _check_bool_mask(mask, name: str, allowed_shapes: list[tuple[int, ...]]) -> None:
+    """`allowed_shapes` lists the exact shapes accepted, e.g. [(T, S), (B, T, S)]."""
+    expected = " or ".join(str(s) for s in allowed_shapes)
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a bool torch.Tensor of shape {expected}; got {type(mask).__name__}"
+        )
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"{name} must have dtype torch.bool (True = may be attended to); got {mask.dtype}. "
+            f"If it is a 0/1 attention_mask from the tokenizer, pass {name}=mask.bool()."
+        )
+    if tuple(mask.shape) not in allowed_shapes:
+        raise ValueError(f"{name} must have shape {expected}; got {tuple(mask.shape)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Multi-head attention
+# ----------------------------------------------------------------------------------------------
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head scaled dot-product attention, usable as self- or cross-attention.
+
+        Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V,   with Q = x W_q,  K = c W_k,  V = c W_v
+
+    * Self-attention: ``attn(x)`` -- queries, keys and values all come from ``x``.
+    * Cross-attention: ``attn(x, context=c)`` -- queries come from ``x`` (B, T, dim), keys and
+      values from ``c`` (B, S, context_dim); S and context_dim may differ from T and dim
+      (e.g. caption words attending to image patches).
+
+    Args:
+        dim: width of ``x`` and of the output.
+        num_heads: number of heads; ``dim`` must be divisible by it (head size = dim // num_heads).
+        context_dim: width of ``context`` for cross-attention (default: ``dim``).
+        dropout: dropout on the attention weights and on the output (only in ``train()`` mode).
+        bias: whether the four projections have a bias.
+
+    Masks -- READ THIS: every mask is a **bool** tensor where **True = "may be attended to"**
+    (keep), the same as ``F.scaled_dot_product_attention`` and a tokenizer's attention_mask.
+
+        * ``key_padding_mask`` (B, S): False at padding keys.
+        * ``attn_mask`` (T, S) or (B, T, S): False where query t must not look at key s.
+        * ``is_causal=True``: query t sees keys 0..t only (lower-triangular, top-left aligned).
+
+      All given masks are combined with AND. ``torch.nn.MultiheadAttention`` uses the
+      OPPOSITE convention for its bool ``key_padding_mask``/``attn_mask`` (True = masked out)::
+
+          ids_mask = torch.tensor([[1, 1, 1, 0]]).bool()       # last token is padding
+          ours(x, key_padding_mask=ids_mask)                   # True = keep
+          theirs(x, x, x, key_padding_mask=~ids_mask)          # True = ignore
+
+      A query whose every key is masked out attends to nothing: its weights are all 0 and its
+      output is ``out_proj`` applied to a zero vector (i.e. the output bias) -- never NaN.
+
+    Returns ``out`` (B, T, dim), or ``(out, weights)`` with weights (B, num_heads, T, S) when
+    ``return_attention=True`` (weights are before dropout, for plotting).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        context_dim: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ):
+        super().__init__()
+        _check_positive_int(dim, "dim")
+        _check_positive_int(num_heads, "num_heads")
+        if dim % num_heads != 0:
+            raise ValueError(
+                f"dim must be divisible by num_heads; got dim={dim}, num_heads={num_heads} "
+                f"(dim % num_heads = {dim % num_heads})"
+            )
+        if context_dim is not None:
+            _check_positive_int(context_dim, "context_dim")
+        _check_probability(dropout, "dropout")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.context_dim = dim if context_dim is None else context_dim
+        self.dropout = float(dropout)
+
+        self.q_proj = nn.Linear(dim, dim, bias=bias)  # W_q
+        self.k_proj = nn.Linear(self.context_dim, dim, bias=bias)  # W_k
+        self.v_proj = nn.Linear(self.context_dim, dim, bias=bias)  # W_v
+        self.out_proj = nn.Linear(dim, dim, bias=bias)  # W_o: mixes the heads back together
+        self.attn_dropout = nn.Dropout(dropout)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, context_dim={self.context_dim}"
+
+    def _keep_mask(self, B, T, S, device, key_padding_mask, attn_mask, is_causal):
+        """AND of all masks as one bool tensor broadcastable to (B, nh, T, S), or None."""
+        keep = None
+        if key_padding_mask is not None:
+            _check_bool_mask(key_padding_mask, "key_padding_mask", [(B, S)])
+            keep = key_padding_mask.to(device)[:, None, None, :]  # (B, 1, 1, S)
+        if attn_mask is not None:
+            _check_bool_mask(attn_mask, "attn_mask", [(T, S), (B, T, S)])
+            m = attn_mask.to(device)
+            m = m[None, None] if m.ndim == 2 else m[:, None]  # (1 or B, 1, T, S)
+            keep = m if keep is None else keep & m
+        if is_causal:
+            causal = torch.ones(T, S, dtype=torch.bool, device=device).tril()  # key s ≤ query t
+            causal = causal[None, None]  # (1, 1, T, S)
+            keep = causal if keep is None else keep & causal
+        return keep
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        *,
+        key_padding_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        return_attention: bool = False,
+    ):
+        _check_float_tensor(x, "x", 3, "(B, T, dim)")
+        if x.shape[-1] != self.dim:
+            raise ValueError(
+                f"x must have last dimension dim={self.dim}; got shape {tuple(x.shape)}"
+            )
+        if context is None:
+            if self.context_dim != self.dim:
+                raise ValueError(
+                    f"this layer was built for cross-attention (context_dim={self.context_dim}); "
+                    "pass context=... (B, S, context_dim)"
+                )
+            context = x
+        else:
+            _check_float_tensor(context, "context", 3, "(B, S, context_dim)")
+            if context.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"context must have the same batch size as x ({x.shape[0]}); "
+                    f"got shape {tuple(context.shape)}"
+                )
+            if context.shape[-1] != self.context_dim:
+                raise ValueError(
+                    f"context must have last dimension context_dim={self.context_dim}; got shape "
+                    f"{tuple(context.shape)}. Build the layer with "
+                    f"context_dim={context.shape[-1]} for a context of that width."
+                )
+        if not isinstance(is_causal, bool):
+            raise TypeError(f"is_causal must be a bool; got {is_causal!r}")
+
+        B, T, C = x.shape
+        S = context.shape[1]
+        nh, hs = self.num_heads, self.head_dim
+
+        # Project, then split the width C into nh heads of size hs.
+        q = self.q_proj(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_proj(context).view(B, S, nh, hs).transpose(1, 2)  # (B, nh, S, hs)
+        v = self.v_proj(context).view(B, S, nh, hs).transpose(1, 2)  # (B, nh, S, hs)
+
+        only_causal = is_causal and key_padding_mask is None and attn_mask is None
+        keep = self._keep_mask(B, T, S, x.device, key_padding_mask, attn_mask, is_causal)
+        row_ok = None
+        if keep is not None and not only_causal:
+            # A query row with no key left would be softmax over all -inf = NaN. Let such rows
+            # attend everywhere (harmless), then zero them afterwards with `row_ok`.
+            row_ok = keep.any(dim=-1, keepdim=True)  # (·, 1, T, 1)
+            keep = keep | ~row_ok
+
+        dropout_p = self.dropout if self.training else 0.0
+        if not return_attention:
+            # Fast path: PyTorch's fused kernel computes the same softmax(QKᵀ/√d_k) V.
+            if only_causal:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p)
+            weights = None
+        else:
+            # Readable path, which also gives us the weights to plot.
+            scores = q @ k.transpose(-2, -1) / math.sqrt(hs)  # QKᵀ/√d_k: (B, nh, T, S)
+            if keep is not None:
+                scores = scores.masked_fill(~keep, float("-inf"))  # masked keys get weight 0
+            weights = scores.softmax(dim=-1)  # each row sums to 1 over the keys
+            if row_ok is not None:
+                weights = weights * row_ok  # rows with nothing to attend to: all zeros
+            y = self.attn_dropout(weights) @ v  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
+        if row_ok is not None:
+            y = y * row_ok  # (B, nh, T, hs): zero output for fully masked query rows
+
+        y = y.transpose(1, 2).reshape(B, T, C)  # concatenate the heads: (B, T, C)
+        out = self.resid_dropout(self.out_proj(y))  # (B, T, C)
+        return (out, weights) if return_attention else out
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Transformer block
+# ----------------------------------------------------------------------------------------------
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block (as in GPT-2 and ViT)::
+
+        x = x + SelfAttention(LN(x))
+        x = x + CrossAttention(LN(x), context)      # only if cross_attention=True
+        x = x + MLP(LN(x)),     MLP(h) = W₂ GELU(W₁ h)
+
+    Args:
+        dim: token width. num_heads: attention heads (``dim`` divisible by it).
+        mlp_ratio: hidden width of the MLP is ``mlp_ratio * dim``.
+        dropout: dropout in attention and MLP.
+        cross_attention: add a cross-attention sub-layer (queries from x, keys/values from
+            ``context``), as in a text-conditioned diffusion U-Net or a decoder.
+        context_dim: width of ``context`` (default ``dim``); only with ``cross_attention=True``.
+
+    ``forward(x, context=None, *, key_padding_mask=None, attn_mask=None, is_causal=False,
+    context_padding_mask=None, return_attention=False)``:
+    ``key_padding_mask`` (B, T), ``attn_mask`` and ``is_causal`` apply to self-attention,
+    ``context_padding_mask`` (B, S) to cross-attention; all bool, True = keep (see
+    `MultiHeadAttention`). With ``return_attention=True`` it returns ``(x, attn)`` where
+    ``attn`` is a dict ``{"self": (B, nh, T, T)}`` plus ``"cross": (B, nh, T, S)`` if present.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        cross_attention: bool = False,
+        context_dim: int | None = None,
+    ):
+        super().__init__()
+        _check_positive_int(dim, "dim")
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)):
+            raise TypeError(f"mlp_ratio must be a positive number; got {mlp_ratio!r}")
+        if mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be a positive number; got {mlp_ratio}")
+        if not isinstance(cross_attention, bool):
+            raise TypeError(f"cross_attention must be a bool; got {cross_attention!r}")
+        if context_dim is not None and not cross_attention:
+            raise ValueError(
+                f"context_dim={context_dim} was given but cross_attention=False; "
+                "pass cross_attention=True to attend to a context"
+            )
+        hidden = max(1, int(round(mlp_ratio * dim)))
+        self.dim = dim
+        self.cross_attention = cross_attention
+
+        self.ln_1 = nn.LayerNorm(dim)
+        self.attn = MultiHeadAttention(dim, num_heads, dropout=dropout)
+        if cross_attention:
+            self.ln_cross = nn.LayerNorm(dim)
+            self.cross_attn = MultiHeadAttention(dim, num_heads, context_dim, dropout=dropout)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden),  # W₁: (B, T, C) -> (B, T, mlp_ratio·C)
+            nn.GELU(),
+            nn.Linear(hidden, dim),  # W₂: back to (B, T, C)
+            nn.Dropout(dropout),
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        *,
+        key_padding_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        context_padding_mask: torch.Tensor | None = None,
+        return_attention: bool = False,
+    ):
+        if self.cross_attention and context is None:
+            raise ValueError(
+                "this block has cross_attention=True, so context=... (B, S, "
+                "context_dim) is required"
+            )
+        if not self.cross_attention and (context is not None or context_padding_mask is not None):
+            raise ValueError(
+                "context/context_padding_mask given, but this block was built "
+                "with cross_attention=False"
+            )
+        _check_float_tensor(x, "x", 3, "(B, T, dim)")
+        if x.shape[-1] != self.dim:
+            raise ValueError(
+                f"x must have last dimension dim={self.dim}; got shape {tuple(x.shape)}"
+            )
+        weights = {}
+        h = self.attn(
+            self.ln_1(x),
+            key_padding_mask=key_padding_mask,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            return_attention=return_attention,
+        )
+        if return_attention:
+            h, weights["self"] = h
+        x = x + h  # x = x + SelfAttention(LN(x))
+        if self.cross_attention:
+            h = self.cross_attn(
+                self.ln_cross(x),
+                context,
+                key_padding_mask=context_padding_mask,
+                return_attention=return_attention,
+            )
+            if return_attention:
+                h, weights["cross"] = h
+            x = x + h  # x = x + CrossAttention(LN(x), context)
+        x = x + self.mlp(self.ln_2(x))  # x = x + MLP(LN(x))
+        return (x, weights) if return_attention else x
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Patches: the ViT's image-to-token step
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_images(images, name: str = "images") -> None:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape (B, C, H, W); got {type(images).__name__}"
+        )
+    if images.ndim != 4:
+        hint = " (a single image? use images[None])" if images.ndim == 3 else ""
+        raise ValueError(
+            f"{name} must have 4 dimensions (B, C, H, W); got shape {tuple(images.shape)}{hint}"
+        )
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Cut images into non-overlapping ``patch_size × patch_size`` patches and flatten each.
+
+    ``images`` (B, C, H, W) -> (B, N, p·p·C) with N = (H/p)·(W/p). Patches are in row-major
+    order (left to right, then top to bottom); each row reshapes back to a (p, p, C) image
+    patch with ``row.view(p, p, C)``.
+    """
+    _check_images(images)
+    _check_positive_int(patch_size, "patch_size")
+    B, C, H, W = images.shape
+    p = patch_size
+    if H % p or W % p:
+        raise ValueError(
+            f"image height and width must be divisible by patch_size={p}; got H={H}, W={W}"
+        )
+    x = images.reshape(B, C, H // p, p, W // p, p)  # (B, C, gh, p, gw, p)
+    x = x.permute(0, 2, 4, 3, 5, 1)  # (B, gh, gw, p, p, C)
+    return x.reshape(B, (H // p) * (W // p), p * p * C)  # (B, N, p·p·C)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, image_size: int | tuple[int, int]):
+    """Inverse of `patchify`: (B, N, p·p·C) -> (B, C, H, W)."""
+    if not isinstance(patches, torch.Tensor) or patches.ndim != 3:
+        got = tuple(patches.shape) if isinstance(patches, torch.Tensor) else type(patches).__name__
+        raise ValueError(f"patches must be a tensor of shape (B, N, p*p*C); got {got}")
+    _check_positive_int(patch_size, "patch_size")
+    H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    p = patch_size
+    B, N, D = patches.shape
+    if H % p or W % p or N != (H // p) * (W // p) or D % (p * p):
+        raise ValueError(
+            f"patches of shape {tuple(patches.shape)} do not fit image_size={image_size} with "
+            f"patch_size={p} (expected N={(H // p) * (W // p)} and a last dim divisible by {p * p})"
+        )
+    C = D // (p * p)
+    x = patches.reshape(B, H // p, W // p, p, p, C)  # (B, gh, gw, p, p, C)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(B, C, H, W)  # (B, C, H, W)
+
+
+class PatchEmbedding(nn.Module):
+    """ViT patch embedding: image -> sequence of tokens (B, N[+1], dim).
+
+        z₀ = [x_cls ; x_p¹ E ; x_p² E ; … ; x_pᴺ E] + E_pos
+
+    The linear map E on flattened patches is implemented as a Conv2d whose kernel and stride
+    equal the patch size (the same maths, faster). A learned [CLS] token is prepended when
+    ``cls_token=True``; learned position embeddings (one per token) are added.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        patch_size: int = 4,
+        in_channels: int = 3,
+        dim: int = 64,
+        cls_token: bool = True,
+    ):
+        super().__init__()
+        for value, name in [
+            (image_size, "image_size"),
+            (patch_size, "patch_size"),
+            (in_channels, "in_channels"),
+            (dim, "dim"),
+        ]:
+            _check_positive_int(value, name)
+        if image_size % patch_size != 0:
+            raise ValueError(
+                f"image_size must be divisible by patch_size; got "
+                f"image_size={image_size}, patch_size={patch_size}"
+            )
+        if not isinstance(cls_token, bool):
+            raise TypeError(f"cls_token must be a bool; got {cls_token!r}")
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.dim = dim
+        self.grid_size = image_size // patch_size  # patches per side
+        self.num_patches = self.grid_size**2  # N
+
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)  # E
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cls_token else None  # x_cls
+        num_tokens = self.num_patches + (1 if cls_token else 0)
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, dim))  # E_pos
+        nn.init.normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        _check_float_tensor(images, "images", 4, "(B, C, H, W)")
+        B, C, H, W = images.shape
+        if C != self.in_channels:
+            hint = (
+                " -- channels-last? use images.permute(0, 3, 1, 2)"
+                if images.shape[-1] == self.in_channels
+                else ""
+            )
+            raise ValueError(
+                f"images must have in_channels={self.in_channels} channels in dim 1 "
+                f"(B, C, H, W); got shape {tuple(images.shape)}{hint}"
+            )
+        if H != self.image_size or W != self.image_size:
+            raise ValueError(
+                f"images must be {self.image_size}×{self.image_size} (image_size); got H={H}, W={W}"
+            )
+        x = self.proj(images)  # (B, dim, gh, gw): one dim-vector per patch
+        x = x.flatten(2).transpose(1, 2)  # (B, N, dim), patches in row-major order
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1+N, dim)
+        return x + self.pos_embed  # + E_pos
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Sinusoidal time-step embedding (diffusion models)
+# ----------------------------------------------------------------------------------------------
+
+
+def timestep_embedding(
+    timesteps: torch.Tensor,
+    dim: int,
+    max_period: float = 10000,
+    flip_sin_to_cos: bool = True,
+    downscale_freq_shift: float = 0,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """Sinusoidal features of (possibly fractional) time steps, as in the Transformer and DDPM.
+
+        ω_i = max_period^(−i / (dim/2 − downscale_freq_shift)),   i = 0 … dim/2 − 1
+        emb(t) = [cos(scale·t·ω), sin(scale·t·ω)]   (flip_sin_to_cos=True; else [sin, cos])
+
+    ``timesteps`` (N,) -> (N, dim) float32; an odd ``dim`` gets one zero column at the end.
+    Gives the same numbers as diffusers' ``get_timestep_embedding`` called with the same
+    arguments (note diffusers' own defaults are flip_sin_to_cos=False, downscale_freq_shift=1).
+    """
+    if not isinstance(timesteps, torch.Tensor):
+        raise TypeError(
+            f"timesteps must be a 1-D torch.Tensor of shape (N,); got "
+            f"{type(timesteps).__name__} (use torch.tensor([...]))"
+        )
+    if timesteps.ndim != 1:
+        raise ValueError(
+            f"timesteps must be 1-D (N,); got shape {tuple(timesteps.shape)}"
+            + (" -- wrap a single step as torch.tensor([t])" if timesteps.ndim == 0 else "")
+        )
+    if timesteps.is_complex() or timesteps.dtype == torch.bool:
+        raise TypeError(f"timesteps must be integer or float; got dtype {timesteps.dtype}")
+    _check_positive_int(dim, "dim")
+    if dim < 2:
+        raise ValueError(f"dim must be at least 2 (one sine and one cosine); got {dim}")
+    half_dim = dim // 2
+    if half_dim - downscale_freq_shift <= 0:
+        raise ValueError(
+            f"downscale_freq_shift must be smaller than dim // 2 = {half_dim}; "
+            f"got {downscale_freq_shift}"
+        )
+    if max_period <= 0:
+        raise ValueError(f"max_period must be positive; got {max_period}")
+
+    # ω_i = exp(−ln(max_period) · i / (half_dim − shift))
+    exponent = -math.log(max_period) * torch.arange(
+        0, half_dim, dtype=torch.float32, device=timesteps.device
+    )
+    exponent = exponent / (half_dim - downscale_freq_shift)
+    omega = torch.exp(exponent)  # (half_dim,)
+    angles = timesteps[:, None].float() * omega[None, :]  # t·ω: (N, half_dim)
+    angles = scale * angles
+    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)  # [sin, cos]: (N, 2·half)
+    if flip_sin_to_cos:
+        emb = torch.cat([emb[:, half_dim:], emb[:, :half_dim]], dim=-1)  # [cos, sin]
+    if dim % 2 == 1:
+        emb = F.pad(emb, (0, 1))  # (N, dim)
+    return emb
+
+
+class TimestepEmbedding(nn.Module):
+    """Sinusoidal time-step features followed by a small MLP (as in the DDPM U-Net)::
+
+        e(t) = W₂ SiLU(W₁ sinusoid(t))      (N,) -> (N, out_dim)
+
+    ``dim`` is the width of the sinusoidal features; ``out_dim`` defaults to ``4 * dim``.
+    """
+
+    def __init__(self, dim: int, out_dim: int | None = None, max_period: float = 10000):
+        super().__init__()
+        _check_positive_int(dim, "dim")
+        if dim < 2:
+            raise ValueError(f"dim must be at least 2; got {dim}")
+        out_dim = 4 * dim if out_dim is None else out_dim
+        _check_positive_int(out_dim, "out_dim")
+        self.dim = dim
+        self.out_dim = out_dim
+        self.max_period = max_period
+        self.mlp = nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        emb = timestep_embedding(timesteps, self.dim, max_period=self.max_period)  # (N, dim)
+        emb = emb.to(self.mlp[0].weight.dtype)
+        return self.mlp(emb)  # (N, out_dim)

@@ -1,0 +1,128 @@
+"""Benchmarks: figures that the issues and the book quote, measured by one command.
+
+    python -m minimodels.bench shapeworld     # rendering speed (images/s, one core)
+    python -m minimodels.bench notebooks      # each notebook's run time, median of 3
+    python -m minimodels.bench all            # everything, into one JSON file
+
+Results are printed and written as JSON (``--out``, default ``bench_results/NAME.json``).
+Speed is measured here, never in unit tests: a shared machine is too noisy for that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def bench_shapeworld(n: int = 5000, repeats: int = 3, image_size: int = 32) -> dict:
+    """Images per second: rendering alone, and sampling scenes + rendering (numpy, one core)."""
+    from minimodels import shapeworld as sw
+
+    render, total = [], []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        scenes = sw.sample_scenes("train", n, seed=r, image_size=image_size)
+        t1 = time.perf_counter()
+        sw.render(scenes, image_size)
+        t2 = time.perf_counter()
+        render.append(n / (t2 - t1))
+        total.append(n / (t2 - t0))
+    return {
+        "image_size": image_size,
+        "n": n,
+        "render_images_per_s": round(statistics.median(render)),
+        "sample_and_render_images_per_s": round(statistics.median(total)),
+    }
+
+
+def run_notebook(path: Path, timeout: int = 600) -> float:
+    """Execute a notebook in a fresh kernel (cwd = its folder); returns the wall time in s."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    start = time.perf_counter()
+    client.execute()
+    return time.perf_counter() - start
+
+
+def bench_notebooks(repeats: int = 3, pattern: str = "*.ipynb") -> dict:
+    """Median (and all) run times of every notebook in notebooks/."""
+    folder = REPO / "notebooks"
+    paths = sorted(folder.glob(pattern))
+    if not paths:
+        raise SystemExit(f"no notebooks matching {pattern!r} in {folder}")
+    out = {}
+    for path in paths:
+        times = [run_notebook(path) for _ in range(repeats)]
+        out[path.stem] = {
+            "median_s": round(statistics.median(times), 1),
+            "runs_s": [round(t, 1) for t in times],
+        }
+        print(
+            f"{path.stem:28s} median {out[path.stem]['median_s']:6.1f} s  "
+            f"runs {out[path.stem]['runs_s']}",
+            flush=True,
+        )
+    return out
+
+
+def machine() -> dict:
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m minimodels.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("what", choices=["shapeworld", "notebooks", "all"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pattern", default="*.ipynb", help="which notebooks (glob)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1; got {args.repeats}")
+    result = {"machine": machine()}
+    if args.what in ("shapeworld", "all"):
+        result["shapeworld"] = bench_shapeworld(repeats=args.repeats)
+    if args.what in ("notebooks", "all"):
+        result["notebooks"] = bench_notebooks(args.repeats, args.pattern)
+    if args.what == "all":
+        from minimodels.evaluate import EVALUATORS, evaluate
+
+        result["evaluate"] = {name: evaluate(name, seed=0, n=1000) for name in EVALUATORS}
+    out = args.out or REPO / "bench_results" / f"{args.what}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Tools that build the course book (for the course's authors; not part of the package's API).
+
+The notebooks in ``notebooks/`` are generated from the MyST-markdown sources in ``lectures_src/``
+and are never edited by hand. This module holds the one conversion that ``make notebooks``,
+``make book`` and ``tests/test_project.py`` share::
+
+    python -m minimodels._book sync               # lectures_src/NN.md -> notebooks/NN.ipynb
+    python -m minimodels._book check              # exit 1, listing notebooks that are out of date
+    python -m minimodels._book vendor-js          # copy widget and maths JavaScript from npm
+    python -m minimodels._book structural-config OUT.yml   # _config.yml with execution turned off
+
+It is also a small Sphinx extension (listed in ``_config.yml``): once that JavaScript has been
+vendored, the book's pages load it from ``_static/`` instead of CDNs, so they work offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository checkout (an editable install)
+SOURCES = "lectures_src"
+NOTEBOOKS = "notebooks"
+CONFIG = "_config.yml"
+PLACEHOLDER = "{{REPO_URL}}"  # replaced by _config.yml's repository.url
+KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+# IPython's lexer, so that cells with `!pip` or `%time` highlight without a warning
+LANGUAGE_INFO = {"name": "python", "pygments_lexer": "ipython3"}
+
+# The JavaScript a page needs offline, from npm: require.js and html-manager's embed-amd.js show
+# the stored state of ipywidgets (html-manager 1.x renders ipywidgets 8), MathJax 3 the maths.
+# Not under _static/: Jupyter Book would add every .js file there to every page.
+VENDORED = {"requirejs": "2.3.8", "@jupyter-widgets/html-manager": "1.0.15", "mathjax": "3.2.2"}
+VENDOR_DIR = "_build/vendor"  # an html_static_path: its widgets/ and mathjax/ land in _static/
+MATHJAX_FILES = ("tex-mml-chtml.js", "output/chtml/fonts/woff-v2/", "input/tex/extensions/")
+WIDGET_CDN = "https://cdn.jsdelivr.net/npm/"  # still used for third-party widget modules
+
+
+# --------------------------------------------------------------------------- notebooks
+
+
+def repo_url(root: Path = ROOT) -> str:
+    """The repository URL, kept in one place: ``repository: url:`` in ``_config.yml``."""
+    import yaml
+
+    config = yaml.safe_load((root / CONFIG).read_text(encoding="utf-8"))
+    return config["repository"]["url"]
+
+
+def notebook_path(source: Path, root: Path = ROOT) -> Path:
+    return root / NOTEBOOKS / f"{source.stem}.ipynb"
+
+
+def sources(root: Path = ROOT) -> list[Path]:
+    return sorted((root / SOURCES).glob("*.md"))
+
+
+def render(source: Path, url: str) -> str:
+    """The text of the notebook generated from one MyST-markdown source.
+
+    Deterministic: no outputs, cell ids derived from the cell's index, no jupytext version
+    stamp, nbformat 4.5. ``{{REPO_URL}}`` is replaced everywhere by ``url``.
+    """
+    import jupytext
+    import nbformat
+
+    text = source.read_text(encoding="utf-8").replace(PLACEHOLDER, url)
+    nb = jupytext.reads(text, fmt="md:myst")
+    nb.metadata.pop("jupytext", None)  # holds jupytext's version: changes with the tool
+    nb.metadata.setdefault("kernelspec", dict(KERNELSPEC))
+    nb.metadata.setdefault("language_info", dict(LANGUAGE_INFO))
+    nb.nbformat, nb.nbformat_minor = 4, 5
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i:03d}"
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbformat.validate(nb)
+    return nbformat.writes(nb) + "\n"
+
+
+def out_of_date(root: Path = ROOT) -> list[str]:
+    """One line per notebook that ``sync`` would write or delete; empty when all are in sync."""
+    url = repo_url(root)
+    problems = []
+    expected = set()
+    for source in sources(root):
+        target = notebook_path(source, root)
+        expected.add(target)
+        rel = target.relative_to(root)
+        if not target.exists():
+            problems.append(f"{rel}: missing (generated from {source.relative_to(root)})")
+        elif json.loads(target.read_text(encoding="utf-8")) != json.loads(render(source, url)):
+            problems.append(f"{rel}: differs from {source.relative_to(root)}")
+    for orphan in sorted(set((root / NOTEBOOKS).glob("*.ipynb")) - expected):
+        problems.append(f"{orphan.relative_to(root)}: has no source in {SOURCES}/")
+    return problems
+
+
+def sync(root: Path = ROOT) -> list[str]:
+    """Write every notebook from its source, delete notebooks without one; report changes."""
+    url = repo_url(root)
+    (root / NOTEBOOKS).mkdir(exist_ok=True)
+    changed = []
+    expected = set()
+    for source in sources(root):
+        target = notebook_path(source, root)
+        expected.add(target)
+        text = render(source, url)
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8", newline="\n")
+            changed.append(f"wrote {target.relative_to(root)}")
+    for orphan in sorted(set((root / NOTEBOOKS).glob("*.ipynb")) - expected):
+        orphan.unlink()
+        changed.append(f"deleted {orphan.relative_to(root)} (no source in {SOURCES}/)")
+    return changed
+
+
+# --------------------------------------------------------------------------- book config
+
+
+def structural_config(out: Path, root: Path = ROOT) -> None:
+    """Write a copy of ``_config.yml`` that builds the book without executing notebooks."""
+    import yaml
+
+    config = yaml.safe_load((root / CONFIG).read_text(encoding="utf-8"))
+    config.setdefault("execute", {})["execute_notebooks"] = "off"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- offline JavaScript
+
+
+def vendor_js(root: Path = ROOT) -> bool:
+    """Copy the widget and MathJax JavaScript from npm into VENDOR_DIR, once per version.
+
+    Returns False, leaving the book on the CDN copies, when npm is missing or fails.
+    """
+    dest = root / VENDOR_DIR
+    stamp = dest / "VERSIONS"
+    versions = " ".join(f"{name}@{version}" for name, version in VENDORED.items())
+    if stamp.exists() and stamp.read_text().strip() == versions:
+        print(f"{VENDOR_DIR} already holds {versions}")
+        return True
+    npm = shutil.which("npm")
+    if npm is None:
+        print("npm not found: the book will load its widget and maths JavaScript from CDNs")
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        specs = [f"{name}@{version}" for name, version in VENDORED.items()]
+        cmd = [npm, "pack", "--json", "--pack-destination", tmp, *specs]
+        result = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+        if result.returncode != 0:
+            print(f"npm pack failed; the book will use CDNs:\n{result.stderr}")
+            return False
+        tarball = {e["name"]: Path(tmp) / e["filename"] for e in json.loads(result.stdout)}
+        if dest.exists():
+            shutil.rmtree(dest)
+        with tarfile.open(tarball["requirejs"]) as tar:
+            _extract(tar, "package/require.js", dest / "widgets/require.js")
+        with tarfile.open(tarball["@jupyter-widgets/html-manager"]) as tar:
+            embed = _extract(tar, "package/dist/embed-amd.js", dest / "widgets/embed-amd.js")
+            # embed-amd.js is one bundle; the files it loads from its own folder (icon fonts)
+            # appear in it as webpack assets: publicPath + "name"
+            for name in set(re.findall(r'\.p\+"([\w.-]+)"', embed.read_text(encoding="utf-8"))):
+                _extract(tar, f"package/dist/{name}", dest / "widgets" / name)
+        with tarfile.open(tarball["mathjax"]) as tar:
+            # the component Sphinx loads, its fonts, and the TeX extensions it loads on demand
+            for member in tar.getmembers():
+                rel = member.name.removeprefix("package/es5/")
+                if member.isfile() and rel.startswith(MATHJAX_FILES):
+                    _extract(tar, member.name, dest / "mathjax" / rel)
+    stamp.write_text(versions + "\n")
+    print(f"vendored {versions} into {VENDOR_DIR}")
+    return True
+
+
+def _extract(tar: tarfile.TarFile, member: str, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tar.extractfile(member) as src:
+        out.write_bytes(src.read())
+    return out
+
+
+def _use_vendored_js(app, config) -> None:
+    """Sphinx ``config-inited``: load widget and maths JavaScript from _static/ if vendored."""
+    vendor = Path(app.srcdir) / VENDOR_DIR
+    if not (vendor / "VERSIONS").is_file():
+        return  # Sphinx's and myst-nb's defaults: the same files from CDNs
+    config.html_static_path = [*config.html_static_path, str(vendor)]
+    config.mathjax_path = "mathjax/tex-mml-chtml.js"
+    config.nb_ipywidgets_js = {
+        "widgets/require.js": {},
+        "widgets/embed-amd.js": {"data-jupyter-widgets-cdn": WIDGET_CDN},
+    }
+
+
+def setup(app):
+    """Sphinx extension entry point (see ``sphinx: extra_extensions`` in _config.yml)."""
+    app.connect("config-inited", _use_vendored_js, priority=400)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minimodels._book", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("sync", help="write notebooks/*.ipynb from lectures_src/*.md")
+    sub.add_parser("check", help="exit 1 if a notebook is not what sync would write")
+    sub.add_parser("vendor-js", help="copy widget and maths JavaScript from npm")
+    structural = sub.add_parser("structural-config", help="_config.yml without execution")
+    structural.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+
+    if args.command == "sync":
+        changes = sync()
+        print("\n".join(changes) if changes else "notebooks/ already matches lectures_src/")
+    elif args.command == "check":
+        problems = out_of_date()
+        if problems:
+            print("notebooks/ is out of date; run `make notebooks`:", file=sys.stderr)
+            print("\n".join(f"  {p}" for p in problems), file=sys.stderr)
+            return 1
+        print(f"notebooks/ matches lectures_src/ ({len(sources())} notebooks)")
+    elif args.command == "vendor-js":
+        vendor_js()
+    elif args.command == "structural-config":
+        structural_config(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

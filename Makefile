@@ -1,0 +1,88 @@
+# Vision–Language Models from Scratch: build the book, run the tests.
+#
+#   make book        execute every notebook and build the HTML book into _build/html
+#   make test        lint, package tests, every notebook (nbval), sync check, structural book build
+#   make lab         JupyterLab on the notebooks
+#   make notebooks   regenerate notebooks/*.ipynb from lectures_src/*.md
+#   make clean       remove _build and caches (make distclean also removes .venv)
+#
+# The first target that needs it creates .venv and installs into it; it reinstalls only when
+# pyproject.toml changes. PyTorch is installed first and explicitly, because an unpinned torch
+# pulls a multi-GB CUDA build: override with e.g. `make test TORCH_SPEC="torch==2.5.1"`.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_WORKERS ?= 2
+
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+BOOK := $(PY) -m minimodels._book
+JB_FLAGS := --all -W -n --keep-going  # --all: a fresh environment, so every page is checked
+STRUCTURAL := _build/structural
+
+.PHONY: help book test lint pytest structural lab notebooks check-notebooks vendor-js clean distclean
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[book,test]"
+	touch $@
+
+# ---------------------------------------------------------------------------- book
+
+book: check-notebooks vendor-js | $(STAMP)
+	$(BIN)/jupyter-book build . $(JB_FLAGS)
+	@echo "The book: $(CURDIR)/_build/html/index.html"
+
+check-notebooks: | $(STAMP)
+	$(BOOK) check
+
+vendor-js: | $(STAMP)
+	$(BOOK) vendor-js
+
+notebooks: | $(STAMP)
+	$(BOOK) sync
+
+# ---------------------------------------------------------------------------- tests
+
+test: lint pytest structural
+
+lint: | $(STAMP)
+	$(BIN)/ruff check minimodels tests
+
+# The package's tests, the checks of tests/test_project.py (notebooks in sync with their
+# sources, no outputs, ...) and every notebook run top to bottom by nbval, in one session.
+pytest: | $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests notebooks \
+		--nbval-lax --nbval-current-env
+
+# The book built from the notebooks as they are (no outputs, no execution), warnings as errors:
+# catches broken links, citations and toc entries in seconds.
+structural: | $(STAMP)
+	$(BOOK) structural-config $(STRUCTURAL)/_config.yml
+	$(BIN)/jupyter-book build . --config $(STRUCTURAL)/_config.yml \
+		--path-output $(STRUCTURAL) $(JB_FLAGS)
+
+# ---------------------------------------------------------------------------- other
+
+lab: | $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+
+clean:
+	rm -rf _build .pytest_cache .ruff_cache .hypothesis .jupyter_cache
+	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name .ipynb_checkpoints \) \
+		-type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

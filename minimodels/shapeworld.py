@@ -94,7 +94,8 @@ POSITION_PHRASES: dict[str, str] = {
 RELATIONS: tuple[str, ...] = ("to the left of", "to the right of", "above", "below")
 
 # Every answer a question can have: the answer vocabulary of VQA heads.
-ANSWERS: tuple[str, ...] = ("yes", "no") + NUMBER_WORDS[:4] + tuple(COLORS) + SHAPES + POSITIONS
+# Counts go up to nine: make_scene and sample_scenes(max_objects=9) allow a full grid.
+ANSWERS: tuple[str, ...] = ("yes", "no") + NUMBER_WORDS + tuple(COLORS) + SHAPES + POSITIONS
 
 # Shape sizes relative to a grid cell (radius / cell side).
 _RADIUS = {"small": 0.26, "large": 0.40}
@@ -144,7 +145,8 @@ def make_scene(objects: Sequence[dict], image_size: int = 32, caption: str | Non
     """Build a scene from a list of object specs, e.g.
     ``make_scene([{"shape": "circle", "color": "red", "size": "large", "position": "left"}])``.
 
-    Missing ``size`` defaults to "large". Positions must be distinct (one object per cell).
+    Missing ``size`` defaults to "large". Positions (one object per cell) and colour-shape
+    pairs must be distinct.
     The caption, questions and answers are derived from the objects.
     """
     image_size = _check_image_size(image_size)
@@ -155,7 +157,7 @@ def make_scene(objects: Sequence[dict], image_size: int = 32, caption: str | Non
             f"objects must hold 1 to {len(POSITIONS)} objects (one per grid cell); "
             f"got {len(objects)}"
         )
-    out, used = [], set()
+    out, used, pairs = [], set(), set()
     for i, spec in enumerate(objects):
         if not isinstance(spec, dict):
             raise TypeError(f"objects[{i}] must be a dict; got {type(spec).__name__}")
@@ -171,6 +173,12 @@ def make_scene(objects: Sequence[dict], image_size: int = 32, caption: str | Non
                 "objects must be at distinct positions"
             )
         used.add(cell)
+        if (spec["color"], spec["shape"]) in pairs:
+            raise ValueError(
+                f"objects[{i}] repeats the pair {spec['color']} {spec['shape']}: colour-shape "
+                "pairs must be distinct, so that 'the red circle' names one object"
+            )
+        pairs.add((spec["color"], spec["shape"]))
         center, r, bbox = _object_geometry(spec["shape"], size, cell, image_size)
         out.append(_object_dict(spec["shape"], spec["color"], size, cell, bbox, center, r))
     rng = np.random.default_rng(0)

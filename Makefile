@@ -60,6 +60,7 @@ test: lint pytest structural
 
 lint: | $(STAMP)
 	$(BIN)/ruff check minimodels tests
+	$(BIN)/ruff format --check minimodels tests
 
 # The package's tests, the checks of tests/test_project.py (notebooks in sync with their
 # sources, no outputs, ...) and every notebook run top to bottom by nbval, in one session.

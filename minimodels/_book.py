@@ -85,41 +85,44 @@ def render(source: Path, url: str) -> str:
     return nbformat.writes(nb) + "\n"
 
 
+def _generated(root: Path) -> dict[Path, tuple[Path, str]]:
+    """notebook path -> (its source, the text ``sync`` writes there)."""
+    url = repo_url(root)
+    return {notebook_path(source, root): (source, render(source, url)) for source in sources(root)}
+
+
+def _orphans(root: Path, generated: dict) -> list[Path]:
+    return sorted(set((root / NOTEBOOKS).glob("*.ipynb")) - set(generated))
+
+
 def out_of_date(root: Path = ROOT) -> list[str]:
     """One line per notebook that ``sync`` would write or delete; empty when all are in sync."""
-    url = repo_url(root)
+    generated = _generated(root)
     problems = []
-    expected = set()
-    for source in sources(root):
-        target = notebook_path(source, root)
-        expected.add(target)
-        rel = target.relative_to(root)
+    for target, (source, text) in generated.items():
+        rel, src = target.relative_to(root), source.relative_to(root)
         if not target.exists():
-            problems.append(f"{rel}: missing (generated from {source.relative_to(root)})")
-        elif json.loads(target.read_text(encoding="utf-8")) != json.loads(render(source, url)):
-            problems.append(f"{rel}: differs from {source.relative_to(root)}")
-    for orphan in sorted(set((root / NOTEBOOKS).glob("*.ipynb")) - expected):
+            problems.append(f"{rel}: missing (generated from {src})")
+        elif json.loads(target.read_text(encoding="utf-8")) != json.loads(text):
+            problems.append(f"{rel}: differs from {src}")
+    for orphan in _orphans(root, generated):
         problems.append(f"{orphan.relative_to(root)}: has no source in {SOURCES}/")
     return problems
 
 
 def sync(root: Path = ROOT) -> list[str]:
     """Write every notebook from its source, delete notebooks without one; report changes."""
-    url = repo_url(root)
+    generated = _generated(root)
     (root / NOTEBOOKS).mkdir(exist_ok=True)
-    changed = []
-    expected = set()
-    for source in sources(root):
-        target = notebook_path(source, root)
-        expected.add(target)
-        text = render(source, url)
+    changes = []
+    for target, (_, text) in generated.items():
         if not target.exists() or target.read_text(encoding="utf-8") != text:
             target.write_text(text, encoding="utf-8", newline="\n")
-            changed.append(f"wrote {target.relative_to(root)}")
-    for orphan in sorted(set((root / NOTEBOOKS).glob("*.ipynb")) - expected):
+            changes.append(f"wrote {target.relative_to(root)}")
+    for orphan in _orphans(root, generated):
         orphan.unlink()
-        changed.append(f"deleted {orphan.relative_to(root)} (no source in {SOURCES}/)")
-    return changed
+        changes.append(f"deleted {orphan.relative_to(root)} (no source in {SOURCES}/)")
+    return changes
 
 
 # --------------------------------------------------------------------------- book config

@@ -8,7 +8,8 @@
 #
 # The first target that needs it creates .venv and installs into it; it reinstalls only when
 # pyproject.toml changes. PyTorch is installed first and explicitly, because an unpinned torch
-# pulls a multi-GB CUDA build: override with e.g. `make test TORCH_SPEC="torch==2.5.1"`.
+# pulls a multi-GB CUDA build. TORCH_SPEC is passed to pip unquoted, so it may carry options:
+#     make test TORCH_SPEC="torch==2.5.1 --index-url https://download.pytorch.org/whl/cpu"
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -29,13 +30,13 @@ STRUCTURAL := _build/structural
 .PHONY: help book test lint pytest structural lab notebooks check-notebooks vendor-js clean distclean
 
 help:
-	@sed -n 's/^#   //p' Makefile
+	@sed -n "s/^#   make/make/p" Makefile
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[book,test]"
 	touch $@
 
@@ -56,7 +57,7 @@ notebooks: | $(STAMP)
 
 # ---------------------------------------------------------------------------- tests
 
-test: lint pytest structural
+test: lint structural pytest  # quick checks first; pytest's summary is the closing line
 
 lint: | $(STAMP)
 	$(BIN)/ruff check minimodels tests

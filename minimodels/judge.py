@@ -1,7 +1,7 @@
 """The judge: a small CNN that reads a ShapeWorld image back into symbols.
 
 For each of the 9 grid cells it predicts the colour, shape and size of the object there (or
-"none"), and it predicts how many objects the image holds. The course uses it as its
+"none"); the number of occupied cells is its count. The course uses it as its
 measuring instrument: a generated image (DALL-E, diffusion) is "faithful" to the prompt
 "a red circle" when the judge reads a red circle in it.
 
@@ -28,28 +28,29 @@ NONE = "none"
 COLOR_CLASSES = (NONE,) + tuple(sw.COLORS)  # index 0 = no object in the cell
 SHAPE_CLASSES = (NONE,) + sw.SHAPES
 SIZE_CLASSES = (NONE,) + sw.SIZES
-MAX_COUNT = len(sw.POSITIONS)  # counts 0..9
 
 
 @dataclass
 class JudgeConfig:
-    image_size: int = 32  # inputs of other sizes are resized to this
-    channels: tuple[int, int, int] = (16, 32, 64)
-    hidden: int = 192
+    image_size: int = 32  # inputs of another size are resized to this
+    crop: int = 16  # each grid cell is read from a crop this wide around its centre
+    channels: tuple[int, int, int] = (16, 32, 48)
+    hidden: int = 96
     dropout: float = 0.1
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
         if len(self.channels) != 3 or min(self.channels) < 1:
             raise ValueError(f"channels must be 3 positive ints; got {self.channels}")
+        if self.crop % 4 or not self.image_size / 3 <= self.crop <= self.image_size:
+            raise ValueError(
+                "crop must be a multiple of 4 between image_size/3 and image_size; "
+                f"got crop={self.crop}, image_size={self.image_size}"
+            )
 
 
-def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1), nn.GELU(),
-        nn.Conv2d(c_out, c_out, 3, padding=1), nn.GELU(),
-        nn.MaxPool2d(2),
-    )  # fmt: skip
+def _conv(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU())
 
 
 def prepare_images(images, image_size: int = 32) -> torch.Tensor:
@@ -96,7 +97,11 @@ def prepare_images(images, image_size: int = 32) -> torch.Tensor:
 
 
 class Judge(nn.Module):
-    """CNN: three conv stages (32→16→8→4 pixels), an MLP, and one head per question."""
+    """One small CNN applied to each of the 9 grid cells (with a margin), with three heads.
+
+    Sharing the CNN across cells makes the reading translation-equivariant: what it learns
+    about a red circle at the top left serves at the bottom right too.
+    """
 
     config_class = JudgeConfig
 
@@ -104,32 +109,46 @@ class Judge(nn.Module):
         super().__init__()
         self.config = config = config or JudgeConfig()
         c1, c2, c3 = config.channels
-        self.features = nn.Sequential(_conv_block(3, c1), _conv_block(c1, c2), _conv_block(c2, c3))
-        side = config.image_size // 8
-        self.mlp = nn.Sequential(
+        self.cell_cnn = nn.Sequential(
+            _conv(3, c1), _conv(c1, c2), nn.MaxPool2d(2),
+            _conv(c2, c3), nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(c3 * side * side, config.hidden), nn.GELU(), nn.Dropout(config.dropout),
+            nn.Linear(c3 * (config.crop // 4) ** 2, config.hidden), nn.ReLU(),
+            nn.Dropout(config.dropout),
         )  # fmt: skip
-        cells = len(sw.POSITIONS)
-        self.color_head = nn.Linear(config.hidden, cells * len(COLOR_CLASSES))
-        self.shape_head = nn.Linear(config.hidden, cells * len(SHAPE_CLASSES))
-        self.size_head = nn.Linear(config.hidden, cells * len(SIZE_CLASSES))
-        self.count_head = nn.Linear(config.hidden, MAX_COUNT + 1)
+        # Top-left corner of each cell's crop in the padded image, row by row.
+        size, crop = config.image_size, config.crop
+        self.pad = crop // 2
+        starts = [round((k + 0.5) * size / 3 - crop / 2) + self.pad for k in range(3)]
+        self.corners = [(r, c) for r in starts for c in starts]
+        self.color_head = nn.Linear(config.hidden, len(COLOR_CLASSES))
+        self.shape_head = nn.Linear(config.hidden, len(SHAPE_CLASSES))
+        self.size_head = nn.Linear(config.hidden, len(SIZE_CLASSES))
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def cells(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) → the 9 cell crops (B, 9, 3, crop, crop), row by row (POSITIONS)."""
+        p, c = self.pad, self.config.crop
+        x = F.pad(x, (p, p, p, p), mode="replicate")
+        return torch.stack([x[:, :, r : r + c, q : q + c] for r, q in self.corners], dim=1)
+
     def forward(self, images) -> dict[str, torch.Tensor]:
-        """Logits: color (B, 9, 7), shape (B, 9, 6), size (B, 9, 3), count (B, 10)."""
+        """Logits per cell: color (B, 9, 7), shape (B, 9, 6), size (B, 9, 3); index 0 = none.
+
+        Also "count" (B,): the number of cells whose most likely colour is not "none".
+        """
         x = prepare_images(images, self.config.image_size).to(self.device)
-        h = self.mlp(self.features(x))  # (B, hidden)
-        b = h.shape[0]
+        b = x.shape[0]
+        h = self.cell_cnn(self.cells(x).flatten(0, 1))  # (B·9, hidden)
+        color = self.color_head(h).view(b, 9, -1)
         return {
-            "color": self.color_head(h).view(b, -1, len(COLOR_CLASSES)),
-            "shape": self.shape_head(h).view(b, -1, len(SHAPE_CLASSES)),
-            "size": self.size_head(h).view(b, -1, len(SIZE_CLASSES)),
-            "count": self.count_head(h),
+            "color": color,
+            "shape": self.shape_head(h).view(b, 9, -1),
+            "size": self.size_head(h).view(b, 9, -1),
+            "count": (color.argmax(-1) != 0).sum(-1),
         }
 
     @torch.no_grad()
@@ -148,7 +167,7 @@ class Judge(nn.Module):
             color = logits["color"].argmax(-1).cpu()
             shape = logits["shape"][..., 1:].argmax(-1).cpu() + 1
             size = logits["size"][..., 1:].argmax(-1).cpu() + 1
-            count = logits["count"].argmax(-1).cpu()
+            count = logits["count"].cpu()
             for i in range(len(color)):
                 objects = [
                     {
@@ -186,9 +205,10 @@ def judge_loss(model: Judge, batch) -> torch.Tensor:
     """Sum of the cross-entropies of the four heads."""
     images, tgt = batch
     logits = model(images)
-    dev = logits["count"].device
-    loss = F.cross_entropy(logits["count"], tgt["count"].to(dev))
-    for k in ("color", "shape", "size"):
+    dev = logits["color"].device
+    # Shape and size are learnt only where an object is (their "none" comes from colour).
+    loss = F.cross_entropy(logits["color"].flatten(0, 1), tgt["color"].to(dev).flatten())
+    for k in ("shape", "size"):
         loss = loss + F.cross_entropy(logits[k].flatten(0, 1), tgt[k].to(dev).flatten())
     return loss
 
@@ -223,7 +243,7 @@ def training_batch(step: int, batch_size: int = 128, seed: int = 0, image_size: 
 
 
 def train_judge(
-    steps: int = 1500,
+    steps: int = 300,
     batch_size: int = 128,
     seed: int = 0,
     lr: float = 2e-3,
@@ -253,7 +273,7 @@ def evaluate_judge(model: Judge, seed: int = 0, n: int = 1000, split: str = "tes
     occupied = tgt["color"] > 0
     color = logits["color"].argmax(-1).cpu()
     shape = logits["shape"].argmax(-1).cpu()
-    count = logits["count"].argmax(-1).cpu()
+    count = logits["count"].cpu()
     return {
         "accuracy_color": round((color == tgt["color"])[occupied].float().mean().item(), 4),
         "accuracy_shape": round((shape == tgt["shape"])[occupied].float().mean().item(), 4),

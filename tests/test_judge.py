@@ -52,8 +52,8 @@ def test_read_returns_scenes(judge):
 
 def test_judge_accepts_layouts_sizes_and_floats(judge):
     images, _ = sw.generate("test", 4, seed=1)
-    a = judge(images)["count"]  # numpy (B, H, W, 3) uint8
-    b = judge(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)["count"]
+    a = judge(images)["color"]  # numpy (B, H, W, 3) uint8
+    b = judge(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)["color"]
     assert torch.allclose(a, b, atol=1e-5)
     big, _ = sw.generate("test", 4, seed=1, image_size=64)
     assert judge(big)["color"].shape == (4, 9, len(COLOR_CLASSES))

@@ -87,4 +87,4 @@ clean:
 		-type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) *.egg-info

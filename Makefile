@@ -65,8 +65,10 @@ lint: | $(STAMP)
 
 # The package's tests, the checks of tests/test_project.py (notebooks in sync with their
 # sources, no outputs, ...) and every notebook run top to bottom by nbval, in one session.
+# One math thread per worker: two workers with two threads each oversubscribe two cores and
+# slow torch down many times over.
 pytest: | $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests notebooks \
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests notebooks \
 		--nbval-lax --nbval-current-env
 
 # The book built from the notebooks as they are (no outputs, no execution), warnings as errors:

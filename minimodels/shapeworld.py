@@ -267,21 +267,6 @@ def _np(obj: dict, with_size: bool = True) -> str:
     )
 
 
-def _relation(a: dict, b: dict) -> str | None:
-    """A spatial relation that holds between a and b, preferring left/right."""
-    ra, ca = divmod(POSITIONS.index(a["position"]), 3)
-    rb, cb = divmod(POSITIONS.index(b["position"]), 3)
-    if ca < cb:
-        return "to the left of"
-    if ca > cb:
-        return "to the right of"
-    if ra < rb:
-        return "above"
-    if ra > rb:
-        return "below"
-    return None
-
-
 def _holds(rel: str, a: dict, b: dict) -> bool:
     ra, ca = divmod(POSITIONS.index(a["position"]), 3)
     rb, cb = divmod(POSITIONS.index(b["position"]), 3)
@@ -291,6 +276,11 @@ def _holds(rel: str, a: dict, b: dict) -> bool:
         "above": ra < rb,
         "below": ra > rb,
     }[rel]
+
+
+def _relation(a: dict, b: dict) -> str | None:
+    """A spatial relation that holds between a and b, preferring left/right (RELATIONS order)."""
+    return next((rel for rel in RELATIONS if _holds(rel, a, b)), None)
 
 
 NUM_TEMPLATES = 4

@@ -474,17 +474,31 @@ def recall_at_k(image_emb, text_emb, captions, k: int = 1) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------
 
 
-def training_batch(step: int, batch_size: int = 128, seed: int = 0, image_size: int = 32):
+def training_batch(
+    step: int,
+    batch_size: int = 128,
+    seed: int = 0,
+    image_size: int = 32,
+    short_captions: float = 0.0,
+):
     """Fresh `train` scenes for step `step`: uint8 images (B, 3, H, W) and token dict.
 
     Captions use all four templates (drawn at random per scene), so the text encoder meets
-    every wording the zero-shot prompts will use.
+    every wording the zero-shot prompts will use. With probability `short_captions` a scene's
+    caption is replaced by a bare list of its objects ('a red circle and a blue cross'): the
+    kind of prompt zero-shot classification uses, which the four templates never produce.
     """
     stream = 1_000_000 * (seed + 1) + step  # scene seeds apart from evaluation seeds
     scenes = sw.sample_scenes("train", batch_size, seed=stream, image_size=image_size)
     images = torch.from_numpy(sw.render(scenes, image_size)).permute(0, 3, 1, 2)
-    tokens = _TOKENIZER([s["caption"] for s in scenes], padding=True)
-    return images, tokens
+    rng = np.random.default_rng([seed, step, 7])
+    captions = [
+        " and ".join(f"a {o['color']} {o['shape']}" for o in s["objects"])
+        if rng.random() < short_captions
+        else s["caption"]
+        for s in scenes
+    ]
+    return images, _TOKENIZER(captions, padding=True)
 
 
 def clip_training_loss(model: CLIP, batch) -> torch.Tensor:
@@ -503,17 +517,25 @@ def train_clip(
     lr: float = 2e-3,
     config: CLIPConfig | None = None,
     warmup: int = 50,
+    short_captions: float = 0.5,
     progress: bool = True,
     device=None,
 ) -> tuple[CLIP, list[float]]:
-    """Train CLIP from scratch on ShapeWorld `train` (what `python -m minimodels.pretrain clip`
-    runs). Returns the model (in eval mode) and the loss of every step."""
+    """Train CLIP from scratch on ShapeWorld `train`. Returns the model (in eval mode) and the
+    loss of every step.
+
+    short_captions: the share of scenes captioned with a bare object list ('a red circle and
+    a blue cross', see `training_batch`). Without them zero-shot prompts such as "a photo of a
+    red circle" lie outside the training captions and zero-shot accuracy stays near 0.2-0.6
+    even when retrieval is above 0.9; with 0.25-0.5 it reaches 0.97-1.0.
+    """
     from minimodels.train import fit, get_device, seed_everything
 
     seed_everything(seed)
     model = CLIP(config or CLIPConfig()).to(get_device(device))
     history = fit(
-        model, clip_training_loss, lambda step: training_batch(step, batch_size, seed),
+        model, clip_training_loss,
+        lambda step: training_batch(step, batch_size, seed, short_captions=short_captions),
         steps=steps, lr=lr, warmup=min(warmup, steps // 2), cosine=True, progress=progress,
         desc="clip",
     )  # fmt: skip

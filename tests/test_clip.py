@@ -270,6 +270,16 @@ def test_bad_config_raises():
 # ---- training and checkpoints ----------------------------------------------------------------
 
 
+def test_training_batch_captions():
+    images, tokens = training_batch(3, batch_size=6)
+    assert images.shape == (6, 3, 32, 32) and images.dtype == torch.uint8
+    assert tokens["input_ids"].shape[0] == 6
+    _, short = training_batch(3, batch_size=6, short_captions=1.0)
+    scenes = sw.sample_scenes("train", 6, seed=1_000_000 + 3)
+    expected = [" and ".join(f"a {o['color']} {o['shape']}" for o in s["objects"]) for s in scenes]
+    assert Tokenizer().batch_decode(short["input_ids"]) == expected
+
+
 def test_tiny_training_run_decreases_the_loss():
     from minimodels.clip import train_clip
 

@@ -24,9 +24,21 @@ def pretrain_judge(steps: int, seed: int, device=None):
     return model, history
 
 
+def pretrain_clip(steps: int, seed: int, device=None):
+    # patch 2: objects are ~6 px wide; half of the captions as bare object lists so that
+    # zero-shot prompts ("a photo of a red circle") are in-distribution (see train_clip).
+    from minimodels.clip import CLIPConfig, train_clip
+
+    return train_clip(
+        steps=steps, batch_size=128, seed=seed, config=CLIPConfig(patch_size=2),
+        short_captions=0.5, device=device,
+    )  # fmt: skip
+
+
 # name -> (function(steps, seed, device) -> (model, loss history), default steps)
 RECIPES = {
     "judge": (pretrain_judge, 300),
+    "clip": (pretrain_clip, 3000),
 }
 
 

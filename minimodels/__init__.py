@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 # so that `import minimodels` stays fast.
 _PRETRAINED = {
     "judge": ("minimodels.judge", "load_pretrained"),
+    "clip": ("minimodels.clip", "load_pretrained"),
 }
 
 

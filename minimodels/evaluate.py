@@ -19,9 +19,16 @@ def evaluate_judge(seed: int, n: int, device=None) -> dict:
     return evaluate_judge(load_pretrained(device=device), seed=seed, n=n)
 
 
+def evaluate_clip(seed: int, n: int, device=None) -> dict:
+    from minimodels.clip import evaluate_clip, load_pretrained
+
+    return evaluate_clip(load_pretrained(device=device), seed=seed, n=n)
+
+
 # name -> function(seed, n, device) returning a dict of metrics
 EVALUATORS = {
     "judge": evaluate_judge,
+    "clip": evaluate_clip,
 }
 
 

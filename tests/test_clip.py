@@ -296,3 +296,24 @@ def test_save_and_load_round_trip(model, batch, tmp_path):
     save_model(model, tmp_path / "clip")
     loaded = load_model(CLIP, tmp_path / "clip", device="cpu")
     torch.testing.assert_close(loaded.encode_image(images), model.encode_image(images))
+
+
+# ----------------------------------------------------------------------------------------------
+# The shipped checkpoint (python -m minimodels.pretrain clip)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_shipped_clip_meets_the_bars_on_a_fresh_seed():
+    import minimodels
+    from minimodels.clip import evaluate_clip
+
+    model = minimodels.pretrained("clip", device="cpu")
+    metrics = evaluate_clip(model, seed=11, n=400)
+    # The bars (n=1000): zero-shot >= 0.95, held-out >= 0.80, recall@1 >= 0.80; a
+    # smaller sample here, so the same bars with a little room for sampling noise.
+    assert metrics["zero_shot_acc"] >= 0.93, metrics
+    assert metrics["zero_shot_acc_heldout"] >= 0.78, metrics
+    assert metrics["recall_at_1_t2i"] >= 0.80, metrics
+    assert metrics["recall_at_1_i2t"] >= 0.80, metrics
+    assert metrics["n_params"] == sum(p.numel() for p in model.parameters())
+    assert evaluate_clip(model, seed=11, n=400) == metrics  # deterministic in the seed

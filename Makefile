@@ -1,6 +1,8 @@
 # Vision–Language Models from Scratch: build the book, run the tests.
 #
 #   make book        execute every notebook and build the HTML book into _build/html
+#   make book-instructor   the same book with the exercises' solutions shown (_build/instructor)
+#   make slides      reveal.js slides of every notebook (_build/slides), for lecturing
 #   make test        lint, package tests, every notebook (nbval), sync check, structural book build
 #   make lab         JupyterLab on the notebooks
 #   make notebooks   regenerate notebooks/*.ipynb from lectures_src/*.md
@@ -27,7 +29,7 @@ BOOK := $(PY) -m minimodels._book
 JB_FLAGS := --all -W -n --keep-going  # --all: a fresh environment, so every page is checked
 STRUCTURAL := _build/structural
 
-.PHONY: help book test lint pytest structural lab notebooks check-notebooks vendor-js clean distclean
+.PHONY: help book book-instructor slides test lint pytest structural lab notebooks check-notebooks vendor-js clean distclean
 
 help:
 	@sed -n "s/^#   make/make/p" Makefile
@@ -45,6 +47,17 @@ $(STAMP): pyproject.toml | $(PY)
 book: check-notebooks vendor-js | $(STAMP)
 	$(BIN)/jupyter-book build . $(JB_FLAGS)
 	@echo "The book: $(CURDIR)/_build/html/index.html"
+
+# Solutions are hidden unless MINIMODELS_BOOK_SOLUTIONS=show (see minimodels/_book.py).
+book-instructor: check-notebooks vendor-js | $(STAMP)
+	MINIMODELS_BOOK_SOLUTIONS=show $(BIN)/jupyter-book build . --path-output _build/instructor \
+		$(JB_FLAGS)
+	@echo "The instructors' book: $(CURDIR)/_build/instructor/_build/html/index.html"
+
+# Outputs come from `make book`'s executed notebooks when they are current, else each notebook
+# is executed here.
+slides: check-notebooks | $(STAMP)
+	$(BOOK) slides
 
 check-notebooks: | $(STAMP)
 	$(BOOK) check

@@ -8,9 +8,13 @@ and are never edited by hand. This module holds the one conversion that ``make n
     python -m minimodels._book check              # exit 1, listing notebooks that are out of date
     python -m minimodels._book vendor-js          # copy widget and maths JavaScript from npm
     python -m minimodels._book structural-config OUT.yml   # _config.yml with execution turned off
+    python -m minimodels._book slides             # reveal.js slides of every notebook
 
 It is also a small Sphinx extension (listed in ``_config.yml``): once that JavaScript has been
-vendored, the book's pages load it from ``_static/`` instead of CDNs, so they work offline.
+vendored, the book's pages load it from ``_static/`` instead of CDNs, so they work offline; and
+it hides the exercises' solutions (cells tagged ``solution``) unless the environment variable
+``MINIMODELS_BOOK_SOLUTIONS=show`` is set, which is how ``make book-instructor`` builds the
+instructors' edition from the same notebooks.
 """
 
 from __future__ import annotations
@@ -192,6 +196,56 @@ def _extract(tar: tarfile.TarFile, member: str, out: Path) -> Path:
     return out
 
 
+# --------------------------------------------------------------------------- exercises
+
+SOLUTIONS_ENV = "MINIMODELS_BOOK_SOLUTIONS"  # "show": the instructors' edition
+SOLUTION_TAG = "solution"
+STUDENT_NOTE = (
+    ":::{note}\nThe solution is hidden in the student edition of the book. In the notebook the "
+    "cell holds a working solution marked `# SOLUTION`: delete it, write your own, and run the "
+    "check below.\n:::"
+)
+INSTRUCTOR_NOTE = ":::{admonition} Solution (instructors' edition)\n:class: tip\n:::"
+
+
+def solutions_shown() -> bool:
+    """Whether this build is the instructors' edition (solutions shown)."""
+    import os
+
+    return os.environ.get(SOLUTIONS_ENV, "").strip().lower() == "show"
+
+
+def edition(notebook: dict, show_solutions: bool) -> dict:
+    """The notebook as the student or the instructors' book shows it.
+
+    Every code cell tagged ``solution`` still runs (its check cell needs it), but in the student
+    edition it is removed from the page (tag ``remove-cell``) and replaced by a note; in the
+    instructors' edition it is shown under a "Solution" label. Returns a new notebook dict.
+    """
+    cells = []
+    for cell in notebook["cells"]:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if cell["cell_type"] == "code" and SOLUTION_TAG in tags:
+            note = INSTRUCTOR_NOTE if show_solutions else STUDENT_NOTE
+            cells.append({"cell_type": "markdown", "metadata": {}, "source": note})
+            if not show_solutions:
+                metadata = dict(cell.get("metadata", {}))
+                metadata["tags"] = [*tags, "remove-cell"]
+                cell = {**cell, "metadata": metadata}
+        cells.append(cell)
+    return {**notebook, "cells": [{**c, "id": f"ed-{i:03d}"} for i, c in enumerate(cells)]}
+
+
+def _exercise_edition(app, docname: str, source: list) -> None:
+    """Sphinx ``source-read``: apply :func:`edition` to each notebook as it is read."""
+    if not docname.startswith(NOTEBOOKS + "/") or not str(app.env.doc2path(docname)).endswith(
+        ".ipynb"
+    ):
+        return
+    notebook = json.loads(source[0])
+    source[0] = json.dumps(edition(notebook, solutions_shown()))
+
+
 def _use_vendored_js(app, config) -> None:
     """Sphinx ``config-inited``: load widget and maths JavaScript from _static/ if vendored."""
     vendor = Path(app.srcdir) / VENDOR_DIR
@@ -208,7 +262,127 @@ def _use_vendored_js(app, config) -> None:
 def setup(app):
     """Sphinx extension entry point (see ``sphinx: extra_extensions`` in _config.yml)."""
     app.connect("config-inited", _use_vendored_js, priority=400)
+    app.connect("source-read", _exercise_edition)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
+
+
+# --------------------------------------------------------------------------- slides
+
+SLIDES_DIR = "_build/slides"
+REVEAL = "reveal.js@4.0.2"  # the version nbconvert's reveal template is written for
+EXECUTED_DIR = "_build/jupyter_execute/notebooks"  # where `make book` leaves executed copies
+MAX_CELLS_PER_SLIDE = 2
+# nbconvert's template configures MathJax 2; the vendored MathJax 3 reads this instead
+MATHJAX3_CONFIG = (
+    "<script>window.MathJax = {tex: {inlineMath: [['$', '$'], ['\\\\(', '\\\\)']], "
+    "processEscapes: true}};</script>"
+)
+
+
+def slide_types(notebook: dict) -> dict:
+    """Give each cell without ``slideshow`` metadata a slide type; returns a new notebook.
+
+    A source may set ``slideshow: {slide_type: ...}`` on any cell (jupytext keeps it), and that
+    wins. Otherwise a level-1 or level-2 heading starts a slide, a level-3 heading a sub-slide
+    (below it, in reveal.js), a slide that already holds MAX_CELLS_PER_SLIDE cells continues on
+    a sub-slide, and the Colab install cell is skipped.
+    """
+    cells, on_slide, first_code = [], 0, True
+    for cell in notebook["cells"]:
+        cell = {**cell, "metadata": dict(cell.get("metadata", {}))}
+        text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        kind = cell["metadata"].get("slideshow", {}).get("slide_type")
+        if kind is None:
+            if cell["cell_type"] == "code" and first_code and "google.colab" in text:
+                kind = "skip"
+            elif cell["cell_type"] == "markdown" and re.match(r"#{1,2} ", text.lstrip()):
+                kind = "slide"
+            elif cell["cell_type"] == "markdown" and re.match(r"### ", text.lstrip()):
+                kind = "subslide"
+            elif on_slide >= MAX_CELLS_PER_SLIDE:
+                kind = "subslide"
+            else:
+                kind = "-"
+            cell["metadata"]["slideshow"] = {"slide_type": kind}
+        if cell["cell_type"] == "code":
+            first_code = False
+        on_slide = 1 if kind in ("slide", "subslide") else on_slide + (kind != "skip")
+        cells.append(cell)
+    return {**notebook, "cells": cells}
+
+
+def _vendor_reveal(static: Path) -> bool:
+    """reveal.js from npm into ``static/reveal.js`` (once); False when npm is unavailable."""
+    if (static / "reveal.js" / "VERSION").is_file():
+        return True
+    npm = shutil.which("npm")
+    if npm is None:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [npm, "pack", "--json", "--pack-destination", tmp, REVEAL]
+        result = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+        if result.returncode != 0:
+            print(f"npm pack {REVEAL} failed; the slides will load reveal.js from a CDN")
+            return False
+        tarball = Path(tmp) / json.loads(result.stdout)[0]["filename"]
+        with tarfile.open(tarball) as tar:
+            for member in tar.getmembers():
+                rel = member.name.removeprefix("package/")
+                if member.isfile() and rel.startswith(("dist/", "plugin/notes/")):
+                    _extract(tar, member.name, static / "reveal.js" / rel)
+    (static / "reveal.js" / "VERSION").write_text(REVEAL + "\n")
+    return True
+
+
+def slides(root: Path = ROOT, execute: bool = True, pattern: str = "*.ipynb") -> list[Path]:
+    """Write reveal.js slides of every notebook into SLIDES_DIR; returns the files written.
+
+    Outputs come from the executed copies `make book` leaves in EXECUTED_DIR when they are newer
+    than the notebook; otherwise the notebook is executed here (unless ``execute`` is False).
+    JavaScript is vendored next to the slides, so they also work offline.
+    """
+    import nbformat
+    from nbconvert import SlidesExporter
+
+    out = root / SLIDES_DIR
+    static = out / "_static"
+    static.mkdir(parents=True, exist_ok=True)
+    exporter = SlidesExporter()
+    if _vendor_reveal(static):
+        exporter.reveal_url_prefix = "_static/reveal.js"
+    if vendor_js(root):
+        vendor = root / VENDOR_DIR
+        shutil.copy2(vendor / "widgets" / "require.js", static / "require.js")
+        if not (static / "mathjax").exists():
+            shutil.copytree(vendor / "mathjax", static / "mathjax")
+        exporter.require_js_url = "_static/require.js"
+        exporter.mathjax_url = "_static/mathjax/tex-mml-chtml.js"
+    written = []
+    for path in sorted((root / NOTEBOOKS).glob(pattern)):
+        executed = root / EXECUTED_DIR / path.name
+        if executed.exists() and executed.stat().st_mtime >= path.stat().st_mtime:
+            notebook = json.loads(executed.read_text(encoding="utf-8"))
+        elif execute:
+            from minimodels.bench import run_notebook
+
+            nb = nbformat.read(path, as_version=4)
+            run_notebook(path, notebook=nb)
+            notebook = json.loads(nbformat.writes(nb))
+        else:
+            notebook = json.loads(path.read_text(encoding="utf-8"))
+        nb = nbformat.reads(json.dumps(slide_types(notebook)), as_version=4)
+        html, _ = exporter.from_notebook_node(nb)
+        if exporter.mathjax_url.startswith("_static/"):
+            html = html.replace(
+                f'<script src="{exporter.mathjax_url}">',
+                f'{MATHJAX3_CONFIG}\n<script src="{exporter.mathjax_url}">',
+                1,
+            )
+        target = out / f"{path.stem}.slides.html"
+        target.write_text(html, encoding="utf-8")
+        written.append(target)
+        print(f"wrote {target.relative_to(root)}", flush=True)
+    return written
 
 
 # --------------------------------------------------------------------------- command line
@@ -222,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("vendor-js", help="copy widget and maths JavaScript from npm")
     structural = sub.add_parser("structural-config", help="_config.yml without execution")
     structural.add_argument("out", type=Path)
+    slides_cmd = sub.add_parser("slides", help=f"reveal.js slides into {SLIDES_DIR}")
+    slides_cmd.add_argument(
+        "--no-execute", action="store_true", help="slides without outputs when none are cached"
+    )
+    slides_cmd.add_argument("--pattern", default="*.ipynb", help="which notebooks (glob)")
     args = parser.parse_args(argv)
 
     if args.command == "sync":
@@ -238,6 +417,12 @@ def main(argv: list[str] | None = None) -> int:
         vendor_js()
     elif args.command == "structural-config":
         structural_config(args.out)
+    elif args.command == "slides":
+        written = slides(execute=not args.no_execute, pattern=args.pattern)
+        if not written:
+            print(f"no notebooks match {args.pattern!r}", file=sys.stderr)
+            return 1
+        print(f"Slides: {ROOT / SLIDES_DIR}/ (open NN.slides.html in a browser)")
     return 0
 
 

@@ -43,12 +43,16 @@ def bench_shapeworld(n: int = 5000, repeats: int = 3, image_size: int = 32) -> d
     }
 
 
-def run_notebook(path: Path, timeout: int = 600) -> float:
-    """Execute a notebook in a fresh kernel (cwd = its folder); returns the wall time in s."""
+def run_notebook(path: Path, timeout: int = 600, notebook=None) -> float:
+    """Execute a notebook in a fresh kernel (cwd = its folder); returns the wall time in s.
+
+    ``notebook``: an nbformat node already read from ``path``, executed in place (its outputs
+    are kept); by default the file is read and the outputs are discarded.
+    """
     import nbformat
     from nbclient import NotebookClient
 
-    nb = nbformat.read(path, as_version=4)
+    nb = notebook if notebook is not None else nbformat.read(path, as_version=4)
     client = NotebookClient(
         nb,
         timeout=timeout,

@@ -1,0 +1,154 @@
+"""Flamingo (resampler, tanh-gated cross-attention) and Frozen (visual prefix) on a tiny GPT."""
+
+import copy
+
+import pytest
+import torch
+
+from minimodels.flamingo import (
+    Flamingo,
+    FlamingoConfig,
+    FlamingoLayer,
+    GatedCrossAttentionDense,
+    PerceiverResampler,
+)
+from minimodels.frozen import Frozen, FrozenConfig, prefix_forward
+from minimodels.gpt import GPT, GPTConfig
+
+
+def tiny_lm(seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(n_embd=32, n_layer=2, n_head=4, n_positions=32)).eval()
+
+
+def toy_task(n=64, seed=0):
+    """Image features whose mean says which of two words follows the prompt."""
+    g = torch.Generator().manual_seed(seed)
+    answer = torch.randint(0, 2, (n,), generator=g)
+    feats = torch.randn(n, 5, 16, generator=g) + (2 * answer - 1)[:, None, None].float()
+    ids = torch.tensor([[5, 10, 11, 30]]).repeat(n, 1)
+    ids[:, -1] = torch.where(answer == 1, 30, 31)
+    labels = ids.clone()
+    labels[:, :-1] = -100  # train the answer only
+    return feats, ids, labels
+
+
+def test_resampler_any_number_of_features_to_fixed_latents():
+    torch.manual_seed(0)
+    resampler = PerceiverResampler(dim=16, depth=2, num_latents=6, heads=4)
+    for n in (1, 7, 64):
+        assert resampler(torch.randn(3, n, 16)).shape == (3, 6, 16)
+    # No positions inside: the latents do not depend on the order of the features
+    x = torch.randn(2, 9, 16)
+    perm = torch.randperm(9)
+    torch.testing.assert_close(resampler(x[:, perm]), resampler(x), rtol=1e-5, atol=1e-5)
+    # ... but they do depend on their content
+    assert not torch.allclose(resampler(torch.randn_like(x)), resampler(x), atol=1e-3)
+
+
+def test_gated_cross_attention_is_identity_at_init_then_not():
+    torch.manual_seed(0)
+    layer = GatedCrossAttentionDense(dim=32, dim_visual=16, heads=4)
+    x, media = torch.randn(2, 5, 32), torch.randn(2, 3, 16)
+    assert torch.equal(layer(x, media), x)  # tanh(0) = 0: exactly the identity
+    with torch.no_grad():
+        layer.attn_gate.fill_(0.5)
+    expected = x + torch.tanh(torch.tensor(0.5)) * layer.cross_attn(layer.norm(x), context=media)
+    torch.testing.assert_close(layer(x, media), expected)
+
+
+def test_flamingo_leaves_lm_outputs_unchanged_at_init():
+    lm = tiny_lm()
+    reference = copy.deepcopy(lm)
+    model = Flamingo(lm, FlamingoConfig(vision_dim=16, lm_dim=32, num_latents=4))
+    assert sum(isinstance(b, FlamingoLayer) for b in model.lm.blocks) == 2
+    feats, ids, labels = toy_task(8)
+    out = model(feats, ids, labels=labels)
+    ref = reference(input_ids=ids, labels=labels)
+    assert torch.equal(out.logits, ref.logits)
+    assert torch.equal(out.loss, ref.loss)
+    assert set(model.gates().values()) == {0.0}
+
+
+def test_flamingo_trains_gates_and_adapters_only_and_outputs_change():
+    lm = tiny_lm()
+    reference = copy.deepcopy(lm)
+    model = Flamingo(lm, FlamingoConfig(vision_dim=16, lm_dim=32, num_latents=4))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("perceiver" in n or "gated_cross_attn_layer" in n for n in trainable)
+    feats, ids, labels = toy_task(64)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    losses = []
+    for _ in range(60):
+        loss = model(feats, ids, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    # a random tiny LM spreads its probability thinly (loss ≈ log V), so look at the two answers
+    assert losses[-1] < losses[0] - 0.3, losses[::10]
+    out = model.eval()(feats, ids).logits
+    says_30 = out[:, -2, 30] > out[:, -2, 31]
+    accuracy = (says_30 == (ids[:, -1] == 30)).float().mean().item()
+    assert accuracy >= 0.9, accuracy
+    assert any(abs(g) > 1e-2 for g in model.gates().values())
+    assert not torch.allclose(out, reference(input_ids=ids).logits, atol=1e-3)
+    # the frozen LM's own weights did not move
+    for (name, p), (_, p0) in zip(
+        ((n, p) for n, p in model.lm.named_parameters() if "gated_cross_attn_layer" not in n),
+        reference.named_parameters(),
+    ):
+        assert torch.equal(p, p0), name
+    # after a forward pass the LM is text-only again: no image left behind
+    torch.testing.assert_close(model.lm(input_ids=ids).logits, reference(input_ids=ids).logits)
+
+
+def test_frozen_prefix_forward_matches_token_embeddings():
+    lm = tiny_lm()
+    ids = torch.tensor([[5, 9, 12, 13, 14, 6]])
+    prefix = lm.get_input_embeddings()(ids[:, :2])  # a "visual prefix" made of real words
+    out = prefix_forward(lm, prefix, ids[:, 2:], labels=ids[:, 2:])
+    labels = ids.clone()
+    labels[:, :2] = -100
+    ref = lm(input_ids=ids, labels=labels)
+    torch.testing.assert_close(out.logits, ref.logits)
+    torch.testing.assert_close(out.loss, ref.loss)
+
+
+def test_frozen_trains_the_vision_encoder_only():
+    lm = tiny_lm()
+    reference = copy.deepcopy(lm)
+    model = Frozen(lm, FrozenConfig(image_size=16, channels=(8, 8, 16), lm_dim=32))
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"vision_encoder"}
+    images = torch.rand(4, 3, 16, 16)
+    _, ids, labels = toy_task(4)
+    out = model(images, ids, labels=labels)
+    assert out.logits.shape == (4, 2 + 4, lm.config.vocab_size)
+    out.loss.backward()
+    assert model.vision_encoder.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.lm.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(model.lm.parameters(), reference.parameters()))
+
+
+def test_bad_inputs():
+    lm = tiny_lm()
+    model = Flamingo(lm, FlamingoConfig(vision_dim=16, lm_dim=32))
+    ids = torch.tensor([[5, 9]])
+    with pytest.raises(ValueError, match="width 16"):
+        model(torch.randn(1, 4, 8), ids)
+    with pytest.raises(ValueError, match="one image\\? use x\\[None\\]"):
+        model(torch.randn(4, 16), ids)
+    with pytest.raises(ValueError, match="one row per image"):
+        model(torch.randn(2, 4, 16), ids)
+    with pytest.raises(ValueError, match="lm_dim must equal the LM's width 32"):
+        Flamingo(tiny_lm(), FlamingoConfig(vision_dim=16, lm_dim=64))
+    with pytest.raises(ValueError, match="decoder_layers_attr_name='layers'"):
+        Flamingo(tiny_lm(), decoder_layers_attr_name="layers")
+    with pytest.raises(TypeError, match="get_input_embeddings"):
+        Flamingo(torch.nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="num_latents must be a positive int"):
+        PerceiverResampler(16, num_latents=0)
+    with pytest.raises(ValueError, match="prefix_embeds must have the LM's width 32"):
+        prefix_forward(lm, torch.randn(1, 2, 8), ids)

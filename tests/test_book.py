@@ -1,0 +1,200 @@
+"""The book as a course: exercises and their editions, slides, and the lecture map's coverage."""
+
+import json
+import re
+from pathlib import Path
+
+import jupytext
+import pytest
+
+from minimodels import _book
+from minimodels.exercises import expect_failure
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = _book.sources(ROOT)
+LECTURE_MAP = (ROOT / "book" / "lecture_map.md").read_text(encoding="utf-8")
+
+
+def cells(source: Path):
+    return jupytext.reads(source.read_text(encoding="utf-8"), fmt="md:myst").cells
+
+
+def tags(cell) -> list[str]:
+    return list(cell.metadata.get("tags", []))
+
+
+# ---------------------------------------------------------------------------- exercises
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_each_notebook_has_two_to_four_exercises_each_with_a_check(source):
+    code = [c for c in cells(source) if c.cell_type == "code"]
+    solutions = [i for i, c in enumerate(code) if "solution" in tags(c)]
+    assert 2 <= len(solutions) <= 4, (
+        f"{source.name}: {len(solutions)} exercises (cells tagged solution); expected 2 to 4"
+    )
+    for i in solutions:
+        assert "# SOLUTION" in code[i].source, f"{source.name}: a solution cell lacks # SOLUTION"
+        following = code[i + 1 : i + 3]
+        assert any("check" in tags(c) for c in following), (
+            f"{source.name}: the solution cell {code[i].source.splitlines()[0]!r} is not "
+            "followed by a cell tagged check"
+        )
+    for c in code:
+        if "# SOLUTION" in c.source:
+            assert "solution" in tags(c), f"{source.name}: # SOLUTION in a cell not tagged so"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_each_check_is_shown_to_reject_a_wrong_answer(source):
+    """A hidden cell tagged wrong-answer calls expect_failure on every check_... function."""
+    code = [c for c in cells(source) if c.cell_type == "code"]
+    checks = [c for c in code if "check" in tags(c)]
+    wrong = "\n".join(c.source for c in code if "wrong-answer" in tags(c))
+    for c in code:
+        if "wrong-answer" in tags(c):
+            assert "remove-cell" in tags(c), f"{source.name}: wrong-answer cells are hidden"
+    for check in checks:
+        names = re.findall(r"^def (check_\w+)\(", check.source, flags=re.M)
+        assert names, (
+            f"{source.name}: a check cell should define a check_...(fn) function so that a "
+            f"wrong answer can be tried on it:\n{check.source[:200]}"
+        )
+        for name in names:
+            assert re.search(rf"expect_failure\(\s*{name}\b", wrong), (
+                f"{source.name}: no hidden wrong-answer cell calls expect_failure({name}, ...)"
+            )
+
+
+def test_expect_failure_needs_an_assertion_with_a_message():
+    def check(fn):
+        assert fn(2) == 4, "double the input"
+
+    assert expect_failure(check, lambda x: x).startswith("double the input")
+    with pytest.raises(AssertionError, match="accepted a wrong answer"):
+        expect_failure(check, lambda x: 2 * x)
+    with pytest.raises(AssertionError, match="TypeError"):
+        expect_failure(check, lambda: 0)  # the check crashes instead of explaining
+    with pytest.raises(TypeError, match="check must be callable"):
+        expect_failure("check", lambda x: x)
+
+
+def notebook_with_exercise() -> dict:
+    def cell(kind, source, tags=()):
+        c = {"cell_type": kind, "metadata": {"tags": list(tags)} if tags else {}, "source": source}
+        return c | ({"outputs": [], "execution_count": None} if kind == "code" else {})
+
+    return {
+        "cells": [
+            cell("markdown", "## Exercise 1"),
+            cell("code", "def f(x):\n    # SOLUTION\n    return 2 * x", ["solution"]),
+            cell("code", "check_f(f)", ["check"]),
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def test_student_edition_hides_solutions_and_instructor_edition_shows_them():
+    nb = notebook_with_exercise()
+    student = _book.edition(nb, show_solutions=False)
+    instructor = _book.edition(nb, show_solutions=True)
+    for edition in (student, instructor):
+        # the solution still runs (its check needs it), in the same order
+        code = [c["source"] for c in edition["cells"] if c["cell_type"] == "code"]
+        assert code == [c["source"] for c in nb["cells"] if c["cell_type"] == "code"]
+        assert len({c["id"] for c in edition["cells"]}) == len(edition["cells"])
+    solution = [c for c in student["cells"] if "solution" in c["metadata"].get("tags", [])][0]
+    assert "remove-cell" in solution["metadata"]["tags"]
+    assert any("hidden in the student edition" in c["source"] for c in student["cells"])
+    solution = [c for c in instructor["cells"] if "solution" in c["metadata"].get("tags", [])][0]
+    assert "remove-cell" not in solution["metadata"]["tags"]
+    assert any("instructors' edition" in c["source"] for c in instructor["cells"])
+    assert "remove-cell" not in nb["cells"][1]["metadata"]["tags"]  # the input is not modified
+
+
+def test_the_edition_follows_the_environment(monkeypatch):
+    monkeypatch.delenv(_book.SOLUTIONS_ENV, raising=False)
+    assert not _book.solutions_shown()
+    monkeypatch.setenv(_book.SOLUTIONS_ENV, "show")
+    assert _book.solutions_shown()
+    assert (
+        "book-instructor" in (ROOT / "Makefile").read_text()
+        and _book.SOLUTIONS_ENV in (ROOT / "Makefile").read_text()
+    )
+
+
+# ---------------------------------------------------------------------------- slides
+
+
+def test_slides_start_at_headings_and_skip_the_colab_cell():
+    source = SOURCES[0]
+    nb = json.loads(_book.render(source, "https://example.org/repo"))
+    kinds = [c["metadata"]["slideshow"]["slide_type"] for c in _book.slide_types(nb)["cells"]]
+    assert len(kinds) == len(nb["cells"])
+    first_code = next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code")
+    assert kinds[first_code] == "skip"
+    for cell, kind in zip(nb["cells"], kinds):
+        text = "".join(cell["source"])
+        if cell["cell_type"] == "markdown" and re.match(r"#{1,2} ", text):
+            assert kind == "slide"
+    assert set(kinds) <= {"slide", "subslide", "-", "skip", "fragment"}
+    # no slide runs on for more than MAX_CELLS_PER_SLIDE cells without a break
+    run = 0
+    for kind in kinds:
+        run = 1 if kind in ("slide", "subslide") else run + (kind != "skip")
+        assert run <= _book.MAX_CELLS_PER_SLIDE
+    # metadata written in a source wins
+    nb["cells"][-1]["metadata"]["slideshow"] = {"slide_type": "fragment"}
+    assert _book.slide_types(nb)["cells"][-1]["metadata"]["slideshow"]["slide_type"] == "fragment"
+
+
+# ---------------------------------------------------------------------------- lecture map
+
+
+def labels(source: Path) -> set[str]:
+    return set(re.findall(r"^\(([\w-]+)\)=\s*$", source.read_text(encoding="utf-8"), re.M))
+
+
+ALL_LABELS = {label: source.stem for source in SOURCES for label in labels(source)}
+ROWS = [
+    line
+    for line in LECTURE_MAP.splitlines()
+    if line.startswith("| ") and line.count("|") == 4 and not line.startswith("| concept")
+]
+
+
+def test_lecture_map_rows_cover_every_notebook_of_the_course():
+    # the concepts of ../shared/LECTURE_MAP.md, notebook by notebook (the book words them)
+    expected = {
+        "00": 1, "01": 2, "02": 5, "03": 6, "04": 3, "05": 5, "06": 6, "07": 6, "08": 5, "09": 3,
+    }  # fmt: skip
+    found = {}
+    for row in ROWS:
+        where = row.split("|")[3]
+        number = re.search(r"notebook (\d\d)|{ref}`([a-z]+)-", where)
+        assert number, f"lecture map row without a notebook: {row}"
+        key = number.group(1) or {
+            "shapeworld": "00", "attention": "01", "clip": "02", "vilbert": "03", "dalle": "04",
+            "ddpm": "05", "cond": "06", "llava": "07", "compose": "08", "capstone": "09",
+        }.get(number.group(2))  # fmt: skip
+        if key is None:  # a label of another prefix: take the notebook that defines it
+            label = re.search(r"{ref}`([\w-]+)`", where).group(1)
+            key = ALL_LABELS.get(label, "??")[:2]
+        found[key] = found.get(key, 0) + 1
+    assert found == expected, f"rows per notebook: {found}, expected {expected}"
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.split("|")[1].strip()[:40])
+def test_each_lecture_map_row_links_to_a_section_that_exists(row):
+    where = row.split("|")[3]
+    refs = re.findall(r"{ref}`(?:[^`<]*<)?([\w-]+)>?`", where)
+    if "coming in notebook" in where:
+        number = re.search(r"notebook (\d\d)", where).group(1)
+        have = [s.stem for s in SOURCES if s.stem.startswith(number)]
+        assert not have, f"notebook {have} exists: link this row to its section with {{ref}}"
+        return
+    assert refs, f"the row should link to a notebook section with {{ref}}: {row}"
+    for ref in refs:
+        assert ref in ALL_LABELS, f"no section labelled ({ref})= in lectures_src/: {row}"

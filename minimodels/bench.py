@@ -6,6 +6,10 @@
 
 Results are printed and written as JSON (``--out``, default ``bench_results/NAME.json``).
 Speed is measured here, never in unit tests: a shared machine is too noisy for that.
+
+The book shows the latest figures: ``notebooks`` (and ``all``) update the table of notebook run
+times in ``book/generated/notebook_runtimes.md`` (merging in the notebooks that were run), and
+``all`` copies its JSON to ``book/generated/bench_all.json``. Commit them after a run.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+GENERATED = REPO / "book" / "generated"  # what the book includes
 
 
 def bench_shapeworld(n: int = 5000, repeats: int = 3, image_size: int = 32) -> dict:
@@ -85,6 +90,34 @@ def bench_notebooks(repeats: int = 3, pattern: str = "*.ipynb") -> dict:
     return out
 
 
+def write_runtime_table(results: dict, machine_info: dict, folder: Path = GENERATED) -> Path:
+    """Merge ``results`` (bench_notebooks' output) into the book's table of notebook run times."""
+    folder.mkdir(parents=True, exist_ok=True)
+    store = folder / "notebook_runtimes.json"
+    table = json.loads(store.read_text()) if store.exists() else {"notebooks": {}}
+    for name, figures in results.items():
+        table["notebooks"][name] = {**figures, "date": machine_info["date"]}
+    table["machine"] = machine_info
+    store.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+    m = machine_info
+    lines = [
+        "| notebook | median run time (s) | runs (s) | measured |",
+        "|---|---:|---|---|",
+    ]
+    for name, figures in sorted(table["notebooks"].items()):
+        runs = ", ".join(f"{t:.1f}" for t in figures["runs_s"])
+        lines.append(f"| {name} | {figures['median_s']:.1f} | {runs} | {figures['date']} |")
+    lines += [
+        "",
+        f"Each notebook run top to bottom in a fresh kernel, {len(figures['runs_s'])} times, by "
+        f"`python -m minimodels.bench notebooks` on {m['cpu_count']} CPU cores "
+        f"({m['machine']}, Python {m['python']}, torch {m['torch']}).",
+    ]
+    out = folder / "notebook_runtimes.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
 def machine() -> dict:
     import torch
 
@@ -116,6 +149,7 @@ def main(argv=None) -> int:
         result["shapeworld"] = bench_shapeworld(repeats=args.repeats)
     if args.what in ("notebooks", "all"):
         result["notebooks"] = bench_notebooks(args.repeats, args.pattern)
+        print(f"wrote {write_runtime_table(result['notebooks'], result['machine'])}")
     if args.what == "all":
         from minimodels.evaluate import EVALUATORS, evaluate
 
@@ -123,6 +157,9 @@ def main(argv=None) -> int:
     out = args.out or REPO / "bench_results" / f"{args.what}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.what == "all":
+        GENERATED.mkdir(parents=True, exist_ok=True)
+        (GENERATED / "bench_all.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"wrote {out}")
     return 0

@@ -301,8 +301,12 @@ class CLIP(nn.Module):
 
     # ---- text tower --------------------------------------------------------------------------
 
-    def encode_text(self, tokens, normalize: bool = False, attention_mask=None) -> torch.Tensor:
-        """tokens: input_ids (B, L) or the Tokenizer's dict -> T_e (B, E), pooled at [CLS]."""
+    def encode_text_features(self, tokens, attention_mask=None) -> torch.Tensor:
+        """Per-token features of the text tower (B, L, D) after the final LayerNorm, without
+        pooling or projection: what a text-to-image model cross-attends to (as Stable
+        Diffusion uses CLIPTextModel's last_hidden_state). Rows at padding are not meaningful;
+        mask them with the tokens' attention_mask.
+        """
         c = self.config
         ids, keep = _check_tokens(tokens, attention_mask, c.vocab_size, c.context_length,
                                   self.pad_token_id)  # fmt: skip
@@ -311,7 +315,12 @@ class CLIP(nn.Module):
         x = self.token_embedding(ids) + self.positional_embedding[:L]  # (B, L, D)
         for block in self.text_blocks:
             x = block(x, key_padding_mask=keep)  # padding keys are ignored
-        features = self.text_proj(self.ln_final(x[:, 0]))  # T_f W_t: (B, E), from [CLS]
+        return self.ln_final(x)  # (B, L, D)
+
+    def encode_text(self, tokens, normalize: bool = False, attention_mask=None) -> torch.Tensor:
+        """tokens: input_ids (B, L) or the Tokenizer's dict -> T_e (B, E), pooled at [CLS]."""
+        x = self.encode_text_features(tokens, attention_mask)  # (B, L, D), after ln_final
+        features = self.text_proj(x[:, 0])  # T_f W_t: (B, E), from [CLS]
         return F.normalize(features, dim=-1) if normalize else features
 
     # ---- both --------------------------------------------------------------------------------

@@ -1,0 +1,481 @@
+"""Denoising diffusion: noise schedules, the forward process and the reverse samplers.
+
+Ho et al. (2020), "Denoising Diffusion Probabilistic Models" (DDPM); Song et al. (2021),
+"Denoising Diffusion Implicit Models" (DDIM). The names and signatures follow Hugging Face
+diffusers, so that code written against these classes reads like code written against
+``diffusers.DDPMScheduler`` and ``diffusers.DDIMScheduler`` (and the tests check that both give
+the same numbers)::
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    x_t = scheduler.add_noise(x_0, noise, t)                  # training: the closed form
+    for t in scheduler.timesteps:                             # sampling: T-1, ..., 0
+        eps = model(x, t)
+        x = scheduler.step(eps, t, x, generator=g).prev_sample
+
+The forward process adds Gaussian noise step by step,
+
+    q(x_t | x_{t-1}) = N(√(1-β_t) x_{t-1}, β_t I)                      (q_step)
+
+and, because Gaussians compose, jumps to any t at once,
+
+    q(x_t | x_0) = N(√ᾱ_t x_0, (1-ᾱ_t) I),   ᾱ_t = ∏_{s≤t} (1-β_s)     (add_noise)
+
+Time steps are 0-based as in diffusers: t = 0 is the first noising step, t = T-1 the last.
+Shape letters: B batch, C channels, H, W height and width.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SCHEDULES = ("linear", "cosine")
+_ALIASES = {"squaredcos_cap_v2": "cosine"}  # diffusers' name for the cosine schedule
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_int(value, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = int(value.item())
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int in [{lo}, {hi}]; got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}]; got {value}")
+    return int(value)
+
+
+def _check_float_tensor(x, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a float torch.Tensor; got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor; got dtype {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError(f"{name} must have a batch dimension (B, ...); got a 0-d tensor")
+
+
+def _check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape; got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        )
+
+
+def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, 1, ...) with as many dims as `like`."""
+    return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
+
+
+# ----------------------------------------------------------------------------------------------
+# Variance schedules
+# ----------------------------------------------------------------------------------------------
+
+
+def cosine_alpha_bar(t: float, s: float = 0.008) -> float:
+    """Nichol & Dhariwal's ᾱ(t) = cos²((t + s)/(1 + s) · π/2) for t in [0, 1]."""
+    return math.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+
+
+def make_betas(
+    num_train_timesteps: int = 1000,
+    beta_schedule: str = "linear",
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    max_beta: float = 0.999,
+) -> torch.Tensor:
+    """β_0 … β_{T-1} (T,) float32.
+
+    linear: β_t evenly spaced from beta_start to beta_end (DDPM).
+    cosine: β_t = min(1 - ᾱ((t+1)/T) / ᾱ(t/T), max_beta), with ᾱ from `cosine_alpha_bar`
+    (improved DDPM; diffusers' "squaredcos_cap_v2"). beta_start/beta_end are then unused.
+    """
+    T = _check_int(num_train_timesteps, "num_train_timesteps", 1, 100_000)
+    if not isinstance(beta_schedule, str):
+        raise TypeError(f"beta_schedule must be one of {SCHEDULES}; got {beta_schedule!r}")
+    schedule = _ALIASES.get(beta_schedule, beta_schedule)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"beta_schedule must be one of {SCHEDULES}; got {beta_schedule!r}")
+    for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+            raise ValueError(f"{name} must be a number in (0, 1); got {value!r}")
+    if beta_start > beta_end:
+        raise ValueError(f"beta_start must be <= beta_end; got {beta_start} > {beta_end}")
+    if schedule == "linear":
+        return torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
+    betas = [
+        min(1 - cosine_alpha_bar((i + 1) / T) / cosine_alpha_bar(i / T), max_beta) for i in range(T)
+    ]  # β_t = 1 - ᾱ_{t+1}/ᾱ_t, capped
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+@dataclass
+class SchedulerOutput:
+    """What `step` returns (as diffusers' DDPMSchedulerOutput)."""
+
+    prev_sample: torch.Tensor  # x_{t-1} (B, C, H, W)
+    pred_original_sample: torch.Tensor  # x̂_0, the model's current guess of the clean image
+
+
+# ----------------------------------------------------------------------------------------------
+# DDPM
+# ----------------------------------------------------------------------------------------------
+
+
+class DDPMScheduler:
+    """The DDPM noise schedule, forward process and ancestral sampler (ε-prediction).
+
+    Matches ``diffusers.DDPMScheduler(prediction_type="epsilon", variance_type="fixed_small",
+    clip_sample=False)`` with the same schedule ("cosine" here is diffusers'
+    "squaredcos_cap_v2").
+    """
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "linear",
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+    ):
+        self.num_train_timesteps = _check_int(
+            num_train_timesteps, "num_train_timesteps", 1, 100_000
+        )
+        self.beta_schedule = _ALIASES.get(beta_schedule, beta_schedule)
+        self.betas = make_betas(num_train_timesteps, beta_schedule, beta_start, beta_end)  # β_t
+        self.alphas = 1.0 - self.betas  # α_t = 1 - β_t
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # ᾱ_t = ∏_{s≤t} α_s
+        self.one = torch.tensor(1.0)  # ᾱ_{-1} = 1: "before the first step" is the clean image
+        self.init_noise_sigma = 1.0  # x_T ~ N(0, I)
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.arange(self.num_train_timesteps - 1, -1, -1)  # T-1, ..., 0
+
+    def __len__(self) -> int:
+        return self.num_train_timesteps
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_train_timesteps={self.num_train_timesteps}, "
+            f"beta_schedule={self.beta_schedule!r}, num_inference_steps="
+            f"{self.num_inference_steps})"
+        )
+
+    # ---- checks -------------------------------------------------------------------------------
+
+    def _check_timesteps(self, timesteps, batch: int) -> torch.Tensor:
+        """int, 0-d or (B,) integer tensor in [0, T-1] -> LongTensor (B,)."""
+        T = self.num_train_timesteps
+        if isinstance(timesteps, numbers.Integral) and not isinstance(timesteps, bool):
+            timesteps = torch.full((batch,), int(timesteps), dtype=torch.long)
+        if not isinstance(timesteps, torch.Tensor):
+            raise TypeError(
+                f"timesteps must be an int or an integer tensor (B,) in [0, {T - 1}]; got "
+                f"{type(timesteps).__name__}"
+            )
+        if timesteps.is_floating_point() or timesteps.dtype == torch.bool:
+            raise TypeError(f"timesteps must be integers in [0, {T - 1}]; got {timesteps.dtype}")
+        timesteps = timesteps.reshape(-1).long()
+        if timesteps.numel() == 1:
+            timesteps = timesteps.expand(batch)
+        if timesteps.numel() != batch:
+            raise ValueError(
+                f"timesteps must hold one step per sample (B={batch}) or a single step; got "
+                f"{timesteps.numel()}"
+            )
+        lo, hi = timesteps.min().item(), timesteps.max().item()
+        if lo < 0 or hi >= T:
+            raise ValueError(
+                f"timesteps must lie in [0, {T - 1}] (num_train_timesteps={T}); got values in "
+                f"[{lo}, {hi}]"
+            )
+        return timesteps
+
+    def _check_step_inputs(self, model_output, timestep, sample) -> int:
+        _check_float_tensor(model_output, "model_output")
+        _check_float_tensor(sample, "sample")
+        _check_same_shape(model_output, sample, "model_output", "sample")
+        return _check_int(timestep, "timestep", 0, self.num_train_timesteps - 1)
+
+    # ---- the forward process -----------------------------------------------------------------
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps
+    ) -> torch.Tensor:
+        """x_t = √ᾱ_t · x_0 + √(1-ᾱ_t) · ε, one t per sample: (B, ...) -> (B, ...)."""
+        _check_float_tensor(original_samples, "original_samples")
+        _check_float_tensor(noise, "noise")
+        _check_same_shape(original_samples, noise, "original_samples", "noise")
+        t = self._check_timesteps(timesteps, original_samples.shape[0])
+        alpha_bar = self.alphas_cumprod.to(original_samples.device, original_samples.dtype)
+        alpha_bar = _broadcast(alpha_bar[t.to(original_samples.device)], original_samples)
+        return alpha_bar**0.5 * original_samples + (1 - alpha_bar) ** 0.5 * noise  # x_t
+
+    def q_step(self, x_prev: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
+        """One step of the chain: x_t = √(1-β_t) · x_{t-1} + √β_t · ε (x_{-1} is x_0)."""
+        _check_float_tensor(x_prev, "x_prev")
+        _check_float_tensor(noise, "noise")
+        _check_same_shape(x_prev, noise, "x_prev", "noise")
+        t = self._check_timesteps(t, x_prev.shape[0])
+        beta = _broadcast(self.betas.to(x_prev.device, x_prev.dtype)[t.to(x_prev.device)], x_prev)
+        return (1 - beta) ** 0.5 * x_prev + beta**0.5 * noise  # q(x_t | x_{t-1})
+
+    def q_chain(self, original_samples: torch.Tensor, t: int, generator=None) -> torch.Tensor:
+        """Iterate q_step from x_0 through steps 0..t: a sample of x_t the slow way."""
+        _check_float_tensor(original_samples, "original_samples")
+        t = _check_int(t, "t", 0, self.num_train_timesteps - 1)
+        x = original_samples
+        for s in range(t + 1):
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            x = self.q_step(x, s, noise)
+        return x
+
+    # ---- the reverse process ------------------------------------------------------------------
+
+    def set_timesteps(self, num_inference_steps: int, device=None) -> None:
+        """Sample with n of the T steps: t = (n-1)·k, ..., k, 0 with k = T // n ("leading"
+        spacing, as diffusers' default)."""
+        T = self.num_train_timesteps
+        n = _check_int(num_inference_steps, "num_inference_steps", 1, T)
+        self.num_inference_steps = n
+        step_ratio = T // n
+        self.timesteps = torch.from_numpy((np.arange(0, n) * step_ratio)[::-1].copy()).to(
+            device=device, dtype=torch.long
+        )
+
+    def previous_timestep(self, timestep: int) -> int:
+        """The step after `timestep` in the sampling loop (-1 after the last)."""
+        if self.num_inference_steps is None:
+            return timestep - 1
+        return timestep - self.num_train_timesteps // self.num_inference_steps
+
+    def _alpha_bar_prev(self, prev_t: int) -> torch.Tensor:
+        return self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ):
+        """One ancestral step x_t -> x_{t-1} from the predicted noise ε_θ(x_t, t).
+
+            x̂_0 = (x_t - √(1-ᾱ_t) ε_θ) / √ᾱ_t
+            μ̃_t = √ᾱ_{t-1} β_t / (1-ᾱ_t) · x̂_0 + √α_t (1-ᾱ_{t-1}) / (1-ᾱ_t) · x_t
+            x_{t-1} = μ̃_t + σ_t z,  σ_t² = β̃_t = (1-ᾱ_{t-1}) / (1-ᾱ_t) · β_t,  z ~ N(0, I)
+
+        No noise is added at t = 0. z is drawn on the CPU as
+        ``torch.randn(sample.shape, generator=generator, dtype=sample.dtype)``.
+        Returns SchedulerOutput(prev_sample, pred_original_sample), or a tuple.
+        """
+        t = self._check_step_inputs(model_output, timestep, sample)
+        prev_t = self.previous_timestep(t)
+        alpha_bar_t = self.alphas_cumprod[t]  # ᾱ_t
+        alpha_bar_prev = self._alpha_bar_prev(prev_t)  # ᾱ_{t-1}
+        alpha_t = alpha_bar_t / alpha_bar_prev  # α_t (over a stride of steps: ᾱ_t / ᾱ_prev)
+        beta_t = 1 - alpha_t  # β_t
+        # x̂_0 = (x_t - √(1-ᾱ_t) ε) / √ᾱ_t
+        x0 = (sample - (1 - alpha_bar_t) ** 0.5 * model_output) / alpha_bar_t**0.5
+        # μ̃_t(x_t, x̂_0), the mean of the posterior q(x_{t-1} | x_t, x_0)
+        coef_x0 = alpha_bar_prev**0.5 * beta_t / (1 - alpha_bar_t)
+        coef_xt = alpha_t**0.5 * (1 - alpha_bar_prev) / (1 - alpha_bar_t)
+        prev_sample = coef_x0 * x0 + coef_xt * sample
+        if t > 0:
+            # β̃_t = (1-ᾱ_{t-1}) / (1-ᾱ_t) · β_t   ("fixed small" variance)
+            variance = torch.clamp((1 - alpha_bar_prev) / (1 - alpha_bar_t) * beta_t, min=1e-20)
+            z = torch.randn(sample.shape, generator=generator, dtype=sample.dtype)
+            prev_sample = prev_sample + variance**0.5 * z.to(sample.device)
+        if not return_dict:
+            return prev_sample, x0
+        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        """The identity (diffusers' schedulers share this hook; DDPM does not rescale)."""
+        return sample
+
+
+# ----------------------------------------------------------------------------------------------
+# DDIM
+# ----------------------------------------------------------------------------------------------
+
+
+class DDIMScheduler(DDPMScheduler):
+    """DDIM: the same trained model, a non-Markovian reverse process that may skip steps.
+
+    With eta = 0 the update is deterministic:
+
+        x̂_0 = (x_t - √(1-ᾱ_t) ε_θ) / √ᾱ_t
+        x_prev = √ᾱ_prev · x̂_0 + √(1-ᾱ_prev - σ_t²) · ε_θ + σ_t z,
+        σ_t = η · √((1-ᾱ_prev)/(1-ᾱ_t)) · √(1 - ᾱ_t/ᾱ_prev)
+
+    Matches ``diffusers.DDIMScheduler(clip_sample=False)`` (leading spacing, ᾱ after the last
+    step = 1: the final step returns x̂_0).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.final_alpha_cumprod = torch.tensor(1.0)  # diffusers' set_alpha_to_one=True
+
+    def _alpha_bar_prev(self, prev_t: int) -> torch.Tensor:
+        return self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ):
+        """One DDIM step from `timestep` to the next of `timesteps`; call set_timesteps first."""
+        if self.num_inference_steps is None:
+            raise ValueError(
+                "num_inference_steps is not set: call scheduler.set_timesteps(n) before step"
+            )
+        t = self._check_step_inputs(model_output, timestep, sample)
+        if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta <= 1:
+            raise ValueError(f"eta must be a number in [0, 1]; got {eta!r}")
+        prev_t = self.previous_timestep(t)
+        alpha_bar_t = self.alphas_cumprod[t]  # ᾱ_t
+        alpha_bar_prev = self._alpha_bar_prev(prev_t)  # ᾱ_prev
+        x0 = (sample - (1 - alpha_bar_t) ** 0.5 * model_output) / alpha_bar_t**0.5  # x̂_0
+        # σ_t² = η² (1-ᾱ_prev)/(1-ᾱ_t) (1 - ᾱ_t/ᾱ_prev)
+        variance = (1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)
+        std_dev_t = eta * variance**0.5
+        direction = (1 - alpha_bar_prev - std_dev_t**2) ** 0.5 * model_output  # points to x_t
+        prev_sample = alpha_bar_prev**0.5 * x0 + direction
+        if eta > 0:
+            z = torch.randn(sample.shape, generator=generator, dtype=sample.dtype)
+            prev_sample = prev_sample + std_dev_t * z.to(sample.device)
+        if not return_dict:
+            return prev_sample, x0
+        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The sampling loop, for any ε-predictor
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample_loop(
+    eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    scheduler: DDPMScheduler,
+    shape: tuple[int, ...],
+    num_inference_steps: int | None = None,
+    generator: torch.Generator | None = None,
+    device=None,
+    return_intermediates: int = 0,
+    progress: bool = False,
+):
+    """Start from x_T ~ N(0, I) of `shape` and run the scheduler's reverse steps.
+
+    eps_fn(x (B, ...), t (B,) long) -> ε̂ of x's shape (the model, with any guidance inside).
+    num_inference_steps: None = every training step (DDPM) or the scheduler's current setting.
+    return_intermediates=k > 0 also returns k+1 snapshots of x̂_0 evenly along the loop
+    (a list of tensors) for a denoising strip. The initial noise is drawn on the CPU with
+    `generator`, so a seed gives the same images on every device.
+    """
+    from tqdm.auto import tqdm
+
+    if not callable(eps_fn):
+        raise TypeError("eps_fn must be callable as eps_fn(x, t) -> predicted noise")
+    if not isinstance(scheduler, DDPMScheduler):
+        raise TypeError(
+            f"scheduler must be a DDPMScheduler or DDIMScheduler; got {type(scheduler).__name__}"
+        )
+    if not isinstance(shape, (tuple, list)) or len(shape) < 2 or min(shape) < 1:
+        raise ValueError(f"shape must be a tuple (B, C, H, W) of positive ints; got {shape!r}")
+    if num_inference_steps is not None:
+        scheduler.set_timesteps(num_inference_steps)
+    elif isinstance(scheduler, DDIMScheduler) and scheduler.num_inference_steps is None:
+        raise ValueError("a DDIMScheduler needs num_inference_steps (e.g. 50)")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    x = torch.randn(tuple(shape), generator=generator).to(device)  # x_T ~ N(0, I)
+    timesteps = scheduler.timesteps
+    keep = (
+        set(np.linspace(0, len(timesteps) - 1, return_intermediates + 1).round().astype(int))
+        if return_intermediates
+        else set()
+    )
+    snapshots = []
+    for i, t in enumerate(tqdm(timesteps, disable=not progress, leave=False, desc="sampling")):
+        t_batch = torch.full((x.shape[0],), int(t), device=device, dtype=torch.long)
+        eps = eps_fn(x, t_batch).float()
+        out = scheduler.step(eps, int(t), x, generator=generator)
+        x = out.prev_sample
+        if i in keep:
+            snapshots.append(out.pred_original_sample.cpu())
+    return (x, snapshots) if return_intermediates else x
+
+
+# ----------------------------------------------------------------------------------------------
+# Diffusion as a stochastic differential equation (a 1-D illustration)
+# ----------------------------------------------------------------------------------------------
+
+
+def vp_sde_coefficients(x: torch.Tensor, t: float, beta_min: float = 0.1, beta_max: float = 20.0):
+    """The variance-preserving SDE dx = f(x, t) dt + g(t) dw of Song et al. (2021), t in [0, 1].
+
+        β(t) = β_min + t (β_max - β_min),   f(x, t) = -½ β(t) x,   g(t) = √β(t)
+
+    (the continuous limit of DDPM's chain). Returns (drift f (like x), diffusion g (float)).
+    """
+    if not 0 <= t <= 1:
+        raise ValueError(f"t must be in [0, 1]; got {t}")
+    beta = beta_min + t * (beta_max - beta_min)
+    return -0.5 * beta * x, math.sqrt(beta)
+
+
+def vp_alpha_bar(t: float, beta_min: float = 0.1, beta_max: float = 20.0) -> float:
+    """ᾱ(t) = exp(-∫₀ᵗ β(s) ds) of the VP SDE: x_t | x_0 ~ N(√ᾱ x_0, (1-ᾱ) I)."""
+    return math.exp(-(beta_min * t + 0.5 * t * t * (beta_max - beta_min)))
+
+
+def gaussian_mixture_score(
+    x: torch.Tensor, means: torch.Tensor, std: float, alpha_bar: float
+) -> torch.Tensor:
+    """∇_x log p_t(x) for 1-D data p_0 = an even mixture of N(μ_k, std²) after noising to ᾱ.
+
+    p_t is again a mixture, of N(√ᾱ μ_k, ᾱ std² + 1 - ᾱ): the exact score that a trained
+    network only approximates (ε_θ = -√(1-ᾱ) · score).
+    """
+    mu = alpha_bar**0.5 * means  # (K,)
+    var = alpha_bar * std**2 + (1 - alpha_bar)
+    logp = -((x[..., None] - mu) ** 2) / (2 * var)  # (..., K), up to a constant
+    w = torch.softmax(logp, dim=-1)  # posterior responsibility of each component
+    return (w * (mu - x[..., None]) / var).sum(-1)  # Σ_k w_k (μ_k - x) / var
+
+
+def reverse_sde_sample(
+    score_fn: Callable[[torch.Tensor, float], torch.Tensor],
+    n: int = 2000,
+    num_steps: int = 500,
+    beta_min: float = 0.1,
+    beta_max: float = 20.0,
+    generator: torch.Generator | None = None,
+    return_path: bool = False,
+):
+    """Euler–Maruyama on the reverse-time SDE dx = [f(x,t) - g(t)² ∇log p_t(x)] dt + g(t) dw̄,
+    from t = 1 (x ~ N(0, 1)) down to t = 0, for n 1-D particles. score_fn(x, t) -> score."""
+    n = _check_int(n, "n", 1, 10_000_000)
+    num_steps = _check_int(num_steps, "num_steps", 1, 100_000)
+    x = torch.randn(n, generator=generator)
+    dt = 1.0 / num_steps
+    path = [x.clone()]
+    for i in range(num_steps, 0, -1):
+        t = i * dt
+        drift, g = vp_sde_coefficients(x, t, beta_min, beta_max)
+        x = x - (drift - g**2 * score_fn(x, t)) * dt  # a step backwards in time
+        x = x + g * math.sqrt(dt) * torch.randn(n, generator=generator)  # + g dw̄
+        path.append(x.clone())
+    return (x, torch.stack(path)) if return_path else x

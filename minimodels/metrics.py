@@ -1,0 +1,129 @@
+"""Measuring generated images with the judge: a toy FID, shape validity, prompt faithfulness.
+
+The Fréchet Inception Distance compares two sets of images through the features of a trained
+classifier (Inception-v3 for photographs): fit a Gaussian to each set's features and measure
+
+    FID = ‖μ_a - μ_b‖² + Tr(Σ_a + Σ_b - 2 (Σ_a Σ_b)^{1/2})
+
+Here the classifier is the course's judge, which was trained on ShapeWorld: `fid_toy` uses its
+per-cell hidden features averaged over the 9 grid cells (96 numbers per image). Lower is
+better; `fid_toy` of two independent sets of real images gives the floor set by sampling noise.
+
+All functions take images as the judge does: uint8 (B, 3, H, W) / (B, H, W, 3) in 0..255 or
+float (B, 3, H, W) in [0, 1] (convert [-1, 1] model outputs with (x + 1) / 2 first); other
+sizes than 32×32 are resized.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from minimodels.judge import COLOR_CLASSES, SHAPE_CLASSES, prepare_images
+
+
+def _judge(judge):
+    if judge is None:
+        import minimodels
+
+        return minimodels.pretrained("judge")
+    from minimodels.judge import Judge
+
+    if not isinstance(judge, Judge):
+        raise TypeError(f"judge must be a minimodels.judge.Judge or None; got {type(judge)}")
+    return judge
+
+
+@torch.no_grad()
+def judge_features(images, judge=None, batch_size: int = 512) -> torch.Tensor:
+    """The judge's hidden features, averaged over the 9 cells: (B, hidden) float64."""
+    judge = _judge(judge).eval()
+    x = prepare_images(images, judge.config.image_size)
+    feats = []
+    for s in range(0, len(x), batch_size):
+        cells = judge.cells(x[s : s + batch_size].to(judge.device))  # (b, 9, 3, crop, crop)
+        h = judge.cell_cnn(cells.flatten(0, 1))  # (b·9, hidden)
+        feats.append(h.view(cells.shape[0], 9, -1).mean(1).double().cpu())  # (b, hidden)
+    return torch.cat(feats)
+
+
+def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
+    w, v = torch.linalg.eigh(m)
+    return (v * w.clamp(min=0).sqrt()) @ v.T
+
+
+def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
+    """‖μ_a - μ_b‖² + Tr(Σ_a + Σ_b - 2 (Σ_a Σ_b)^{1/2}) of two feature sets (N, d), (M, d)."""
+    for name, f in (("feats_a", feats_a), ("feats_b", feats_b)):
+        if not isinstance(f, torch.Tensor) or f.ndim != 2 or len(f) < 2:
+            got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+            raise ValueError(f"{name} must be a tensor (N ≥ 2, d); got {got}")
+    if feats_a.shape[1] != feats_b.shape[1]:
+        raise ValueError(
+            f"feats_a and feats_b must have the same width d; got {feats_a.shape[1]} and "
+            f"{feats_b.shape[1]}"
+        )
+    a, b = feats_a.double(), feats_b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)  # Σ: (d, d)
+    # Tr (Σ_a Σ_b)^{1/2} = Tr (Σ_a^{1/2} Σ_b Σ_a^{1/2})^{1/2}  (a symmetric form, stable)
+    root_a = _sqrtm_psd(cov_a)
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
+    fd = (mu_a - mu_b).pow(2).sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * cross
+    return float(fd.clamp(min=0))
+
+
+def fid_toy(images_a, images_b, judge=None) -> float:
+    """The Fréchet distance between the judge's features of two image sets (lower = closer)."""
+    judge = _judge(judge)
+    return frechet_distance(judge_features(images_a, judge), judge_features(images_b, judge))
+
+
+@torch.no_grad()
+def cell_confidence(images, judge=None):
+    """Per image and cell: confidence (B, 9) that the cell holds one definite shape,
+    P(object) · max_s P(shape = s); the judge's colour and shape indices (B, 9); and the
+    judge's object count (B,)."""
+    judge = _judge(judge).eval()
+    logits = judge(images)
+    p_color = logits["color"].softmax(-1).cpu()  # (B, 9, 7); index 0 = none
+    p_shape = logits["shape"].softmax(-1).cpu()  # (B, 9, 6)
+    shape_p, shape = p_shape[..., 1:].max(-1)
+    conf = (1 - p_color[..., 0]) * shape_p  # (B, 9)
+    color = p_color[..., 1:].argmax(-1) + 1
+    return conf, color, shape + 1, logits["count"].cpu()
+
+
+def valid_shape_rate(images, judge=None, threshold: float = 0.9, max_objects: int = 3) -> float:
+    """Fraction of images in which the judge finds a shape with confidence ≥ threshold, in a
+    scene it reads as 1 to max_objects objects.
+
+    The count matters: the judge was trained on clean scenes and reads noise or a smeared
+    image as objects in all 9 cells, often confidently, so "some confident cell" alone would
+    call pure noise valid.
+    """
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be in (0, 1); got {threshold}")
+    if isinstance(max_objects, bool) or not isinstance(max_objects, int) or max_objects < 1:
+        raise ValueError(f"max_objects must be a positive int; got {max_objects!r}")
+    conf, _, _, count = cell_confidence(images, judge)
+    ok = (conf.max(1).values >= threshold) & (count >= 1) & (count <= max_objects)
+    return float(ok.float().mean())
+
+
+def prompt_faithfulness(images, targets: Sequence[tuple[str, str]], judge=None) -> float:
+    """Fraction of images whose most confident object has the asked (colour, shape)."""
+    conf, color, shape, _ = cell_confidence(images, judge)
+    if not isinstance(targets, Sequence) or len(targets) != len(conf):
+        raise ValueError(
+            f"targets must be one (colour, shape) pair per image ({len(conf)}); got "
+            f"{len(targets) if isinstance(targets, Sequence) else type(targets).__name__}"
+        )
+    best = conf.argmax(1)  # (B,) the cell the judge is surest of
+    rows = torch.arange(len(best))
+    got_color = [COLOR_CLASSES[i] for i in color[rows, best].tolist()]
+    got_shape = [SHAPE_CLASSES[i] for i in shape[rows, best].tolist()]
+    hits = [(c, s) == tuple(t) for c, s, t in zip(got_color, got_shape, targets, strict=True)]
+    return float(np.mean(hits))

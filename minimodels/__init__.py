@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _PRETRAINED = {
     "judge": ("minimodels.judge", "load_pretrained"),
     "clip": ("minimodels.clip", "load_pretrained"),
+    "gpt": ("minimodels.gpt", "load_pretrained"),
 }
 
 

@@ -35,10 +35,17 @@ def pretrain_clip(steps: int, seed: int, device=None):
     )  # fmt: skip
 
 
+def pretrain_gpt(steps: int, seed: int, device=None):
+    from minimodels.gpt import train_gpt
+
+    return train_gpt(steps=steps, seed=seed, device=device)
+
+
 # name -> (function(steps, seed, device) -> (model, loss history), default steps)
 RECIPES = {
     "judge": (pretrain_judge, 300),
     "clip": (pretrain_clip, 3000),
+    "gpt": (pretrain_gpt, 2000),
 }
 
 

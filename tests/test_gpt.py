@@ -1,0 +1,150 @@
+"""The tiny GPT: next-token loss, causality, padding, inputs_embeds, generation, bad input,
+its vocabulary, and the shipped pre-trained weights."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import minimodels
+from minimodels import gpt
+from minimodels import shapeworld as sw
+from minimodels.gpt import GPT, TOKENIZER, GPTConfig, causal_lm_loss
+from minimodels.text import Tokenizer
+
+TINY = GPTConfig(n_embd=32, n_layer=2, n_head=4, n_positions=48)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return GPT(TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return minimodels.pretrained("gpt")
+
+
+def ids_of(text):
+    return torch.tensor([TOKENIZER.encode(text, add_special_tokens=False)])
+
+
+def test_vocabulary_extends_shapeworld_without_moving_clip_ids():
+    clip_tok = Tokenizer()  # the tokenizer CLIP was trained with
+    for word, i in clip_tok.vocab.items():
+        assert TOKENIZER.vocab[word] == i, word
+    assert TOKENIZER.vocab_size > clip_tok.vocab_size
+    scenes = sw.sample_scenes("test", 50, seed=3)
+    for s in scenes:
+        for text in (gpt.italian_caption(s), s["caption"], " ".join(s["questions"])):
+            assert "[UNK]" not in TOKENIZER.tokenize(text), text
+
+
+def test_italian_caption_agrees_in_gender():
+    scene = sw.make_scene(
+        [
+            {"shape": "cross", "color": "red", "size": "small", "position": "left"},
+            {"shape": "circle", "color": "red", "size": "small", "position": "top"},
+        ]
+    )
+    assert gpt.italian_caption(scene) == (
+        "una piccola croce rossa a sinistra e un piccolo cerchio rosso in alto"
+    )
+
+
+def test_loss_is_shifted_cross_entropy_ignoring_minus_100(model):
+    ids = ids_of("<bos> a red circle on the left <eos>")
+    labels = ids.clone()
+    labels[0, :3] = -100  # no loss on the first tokens
+    out = model(input_ids=ids, labels=labels)
+    assert out.logits.shape == (1, ids.shape[1], TINY.vocab_size)
+    # position t predicts token t+1; targets 1, 2 are ignored (labels -100)
+    expected = F.cross_entropy(out.logits[0, 2:-1], ids[0, 3:])
+    torch.testing.assert_close(out.loss, expected)
+    assert causal_lm_loss(out.logits, torch.full_like(ids, -100)).item() == 0.0
+
+
+def test_causal_future_tokens_do_not_change_the_past(model):
+    a = ids_of("<bos> a red circle on the left")
+    b = a.clone()
+    b[0, -1] = TOKENIZER.vocab["right"]
+    la, lb = model(a).logits, model(b).logits
+    torch.testing.assert_close(la[:, :-1], lb[:, :-1])
+    assert not torch.allclose(la[:, -1], lb[:, -1])
+
+
+def test_left_padding_and_inputs_embeds_give_the_same_logits(model):
+    ids = ids_of("<bos> how many shapes are there?")
+    pad = torch.full((1, 3), TOKENIZER.pad_token_id)
+    padded = torch.cat([pad, ids], 1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(ids)], 1)
+    plain = model(ids).logits
+    torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, 3:], plain)
+    emb = model.get_input_embeddings()(ids)
+    torch.testing.assert_close(model(inputs_embeds=emb).logits, plain)
+
+
+def test_generate_greedy_sampled_and_eos(model):
+    ids = ids_of("<bos> a red")
+    out = model.generate(ids, max_new_tokens=5, eos_token_id=None)
+    assert out.shape == (1, ids.shape[1] + 5) and torch.equal(out[:, :3], ids)
+    # greedy = argmax of the next-token logits at every step
+    nxt = model(out[:, :-1]).logits[:, 2:].argmax(-1)
+    torch.testing.assert_close(nxt, out[:, 3:])
+    s1 = model.generate(ids, max_new_tokens=8, do_sample=True, temperature=2.0, seed=1)
+    s2 = model.generate(ids, max_new_tokens=8, do_sample=True, temperature=2.0, seed=1)
+    torch.testing.assert_close(s1, s2)
+    draws = {
+        tuple(model.generate(ids, max_new_tokens=4, do_sample=True, temperature=3.0, seed=k)[0])
+        for k in range(6)
+    }
+    assert len(draws) > 1  # sampling does sample
+    # a row stops at its first <eos> and is padded afterwards
+    first = int(out[0, 3])
+    stopped = model.generate(ids, max_new_tokens=5, eos_token_id=first)
+    assert stopped.shape[1] == ids.shape[1] + 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, words",
+    [
+        ({"max_new_tokens": 0}, ValueError, "max_new_tokens"),
+        ({"temperature": 0.0, "do_sample": True}, ValueError, "temperature"),
+        ({"max_new_tokens": 100}, ValueError, "n_positions"),
+    ],
+)
+def test_generate_rejects_bad_arguments(model, kwargs, err, words):
+    with pytest.raises(err, match=words):
+        model.generate(ids_of("<bos> a red"), **kwargs)
+
+
+def test_forward_rejects_bad_input(model):
+    with pytest.raises(ValueError, match="vocab_size"):
+        model(torch.tensor([[0, 999]]))
+    with pytest.raises(TypeError, match="integer"):
+        model(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="exactly one"):
+        model()
+    with pytest.raises(ValueError, match="n_embd"):
+        model(inputs_embeds=torch.zeros(1, 3, 7))
+    with pytest.raises(ValueError, match="n_positions"):
+        model(torch.zeros(1, 60, dtype=torch.long))
+    with pytest.raises(ValueError, match="labels"):
+        model(ids_of("<bos> a"), labels=torch.zeros(1, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="n_embd must be divisible"):
+        GPTConfig(n_embd=30, n_head=4)
+
+
+def test_shipped_gpt_knows_shapeworld_text(shipped):
+    fresh = GPT(shipped.config).eval()
+    batch = gpt.encode_batch(
+        gpt.pretraining_texts(sw.sample_scenes("test", 200, seed=41), np.random.default_rng(4))
+    )
+    trained_loss = shipped(**batch).loss.item()
+    assert trained_loss < 0.5 * fresh(**batch).loss.item()
+    # Without an image it can only guess, but a guess of the right kind: a count is a number.
+    out = shipped.generate(ids_of("<bos> how many shapes are there?"), max_new_tokens=1)
+    assert TOKENIZER.decode(out[0, -1:]) in sw.NUMBER_WORDS
+    out = shipped.generate(ids_of("<bos> un piccolo"), max_new_tokens=1)
+    assert TOKENIZER.decode(out[0, -1:]) in gpt.ITALIAN_SHAPES.values()

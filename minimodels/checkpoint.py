@@ -136,4 +136,6 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 def weights_path(name: str) -> Path:
     """Where the shipped checkpoint NAME lives (without suffix)."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name[0] == ".":
+        raise ValueError(f"name must be a plain model name such as 'clip'; got {name!r}")
     return WEIGHTS_DIR / name

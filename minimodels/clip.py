@@ -40,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
+from minimodels._checks import check_device, check_finite, check_instance, check_int
 from minimodels.layers import PatchEmbedding, TransformerBlock
 from minimodels.text import Tokenizer
 
@@ -104,6 +105,7 @@ def prepare_images(images, image_size: int, in_channels: int = 3) -> torch.Tenso
             f"images must be a torch.Tensor (B, {in_channels}, {image_size}, {image_size}); "
             f"got {type(images).__name__}"
         )
+    check_device(images, "images", None)
     if images.ndim != 4:
         hint = " (a single image? use images[None])" if images.ndim == 3 else ""
         raise ValueError(
@@ -155,6 +157,7 @@ def _check_tokens(tokens, attention_mask, vocab_size: int, context_length: int, 
             "tokens must be a LongTensor of input_ids (B, L) or the dict returned by "
             f"Tokenizer(texts); got {type(tokens).__name__}"
         )
+    check_device(tokens, "tokens", None)
     if tokens.ndim != 2:
         raise ValueError(f"tokens must have shape (B, L); got shape {tuple(tokens.shape)}")
     if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.is_complex():
@@ -194,6 +197,10 @@ def _check_emb(x, name: str) -> None:
         raise ValueError(f"{name} must have 2 dimensions [n, d]; got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a float tensor; got dtype {x.dtype}")
+    check_device(x, name, None)
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty; got shape {tuple(x.shape)}")
+    check_finite(x, name)
 
 
 def _check_normalized(x, name: str, atol: float = 1e-3) -> None:
@@ -410,6 +417,9 @@ def zero_shot_classifier(model: CLIP, tokenizer, classnames, templates=TEMPLATES
 
     templates: format strings with one "{}" for the class name, e.g. "a photo of a {}".
     """
+    check_instance(model, CLIP, "model")
+    if not callable(tokenizer):
+        raise TypeError(f"tokenizer must be a Tokenizer (callable); got {tokenizer!r}")
     classnames = _check_strings(classnames, "classnames")
     templates = _check_strings(templates, "templates")
     for t in templates:
@@ -432,6 +442,8 @@ def zero_shot_predict(
 
     With return_logits=True returns the logits (B, C) instead.
     """
+    check_instance(model, CLIP, "model")
+    check_int(batch_size, "batch_size", 1, 1_000_000)
     if not isinstance(classifier, torch.Tensor) or classifier.ndim != 2:
         got = tuple(classifier.shape) if isinstance(classifier, torch.Tensor) else classifier
         raise ValueError(f"classifier must be a tensor (E, C) from zero_shot_classifier; got {got}")
@@ -440,6 +452,13 @@ def zero_shot_predict(
             f"classifier must have embed_dim={model.config.embed_dim} rows; got shape "
             f"{tuple(classifier.shape)}"
         )
+    check_device(classifier, "classifier", None)
+    if not classifier.is_floating_point():
+        raise TypeError(f"classifier must be a float tensor (E, C); got dtype {classifier.dtype}")
+    check_finite(classifier, "classifier")
+    classifier = classifier.to(model.device)
+    c = model.config
+    images = prepare_images(images, c.image_size, c.in_channels)  # checked once, then batched
     logits = torch.cat(
         [
             100.0 * model.encode_image(images[s : s + batch_size], normalize=True) @ classifier
@@ -461,6 +480,11 @@ def recall_at_k(image_emb, text_emb, captions, k: int = 1) -> dict[str, float]:
     _check_emb(text_emb, "text_emb")
     captions = _check_strings(captions, "captions")
     n = image_emb.shape[0]
+    if image_emb.shape[1] != text_emb.shape[1]:
+        raise ValueError(
+            f"image_emb and text_emb must have the same width d; got {image_emb.shape[1]} and "
+            f"{text_emb.shape[1]}"
+        )
     if text_emb.shape[0] != n or len(captions) != n:
         raise ValueError(
             f"image_emb, text_emb and captions must have the same length; got {n}, "

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
+from minimodels._checks import MAX_IMAGE_SIZE, check_device, check_int
 
 NONE = "none"
 COLOR_CLASSES = (NONE,) + tuple(sw.COLORS)  # index 0 = no object in the cell
@@ -64,6 +65,8 @@ def prepare_images(images, image_size: int = 32) -> torch.Tensor:
         images = torch.from_numpy(np.ascontiguousarray(images))
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a tensor or numpy array; got {type(images).__name__}")
+    check_device(images, "images", None)
+    check_int(image_size, "image_size", 8, MAX_IMAGE_SIZE)
     if images.ndim == 3:
         images = images[None]
     if images.ndim != 4:
@@ -158,6 +161,7 @@ class Judge(nn.Module):
         A cell holds an object when the colour head says so; its shape and size are the most
         likely non-"none" classes.
         """
+        check_int(batch_size, "batch_size", 1, 1_000_000)
         was_training = self.training
         self.eval()
         x = prepare_images(images, self.config.image_size)

@@ -27,6 +27,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minimodels._checks import (
+    MAX_IMAGE_SIZE,
+    MAX_WIDTH,
+    check_device,
+    check_finite,
+    check_float,
+    module_device,
+)
+
 __all__ = [
     "MultiHeadAttention",
     "TransformerBlock",
@@ -43,11 +52,13 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_positive_int(value, name: str) -> None:
+def _check_positive_int(value, name: str, maximum: int = MAX_WIDTH) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be a positive int; got {value!r} ({type(value).__name__})")
     if value <= 0:
         raise ValueError(f"{name} must be a positive int; got {value}")
+    if value > maximum:
+        raise ValueError(f"{name} must be at most {maximum} (a toy-sized model); got {value}")
 
 
 def _check_probability(value, name: str) -> None:
@@ -57,9 +68,11 @@ def _check_probability(value, name: str) -> None:
         raise ValueError(f"{name} must be a float in [0, 1); got {value}")
 
 
-def _check_float_tensor(x, name: str, ndim: int, layout: str) -> None:
+def _check_float_tensor(x, name: str, ndim: int, layout: str, device=None) -> None:
+    """A finite floating-point tensor with ``ndim`` dimensions, on ``device`` (the module's)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape {layout}; got {type(x).__name__}")
+    check_device(x, name, device)
     if x.ndim != ndim:
         raise ValueError(
             f"{name} must have {ndim} dimensions {layout}; got shape {tuple(x.shape)} "
@@ -70,6 +83,7 @@ def _check_float_tensor(x, name: str, ndim: int, layout: str) -> None:
             f"{name} must be a floating-point tensor {layout}; got dtype {x.dtype}. "
             "(Token ids go through an nn.Embedding first; uint8 images need .float() / 255.)"
         )
+    check_finite(x, name)
 
 
 def _check_bool_mask(mask, name: str, allowed_shapes: list[tuple[int, ...]]) -> None:
@@ -193,7 +207,7 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         return_attention: bool = False,
     ):
-        _check_float_tensor(x, "x", 3, "(B, T, dim)")
+        _check_float_tensor(x, "x", 3, "(B, T, dim)", module_device(self))
         if x.shape[-1] != self.dim:
             raise ValueError(
                 f"x must have last dimension dim={self.dim}; got shape {tuple(x.shape)}"
@@ -206,7 +220,7 @@ class MultiHeadAttention(nn.Module):
                 )
             context = x
         else:
-            _check_float_tensor(context, "context", 3, "(B, S, context_dim)")
+            _check_float_tensor(context, "context", 3, "(B, S, context_dim)", module_device(self))
             if context.shape[0] != x.shape[0]:
                 raise ValueError(
                     f"context must have the same batch size as x ({x.shape[0]}); "
@@ -261,6 +275,11 @@ class MultiHeadAttention(nn.Module):
 
         y = y.transpose(1, 2).reshape(B, T, C)  # concatenate the heads: (B, T, C)
         out = self.resid_dropout(self.out_proj(y))  # (B, T, C)
+        if not torch.isfinite(out).all():  # finite inputs can still overflow float32
+            raise ValueError(
+                f"attention overflowed: x (or context) holds values too large for "
+                f"{x.dtype} (max |x| = {x.abs().max().item():.3g}); normalise the inputs"
+            )
         return (out, weights) if return_attention else out
 
 
@@ -303,10 +322,7 @@ class TransformerBlock(nn.Module):
     ):
         super().__init__()
         _check_positive_int(dim, "dim")
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)):
-            raise TypeError(f"mlp_ratio must be a positive number; got {mlp_ratio!r}")
-        if mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be a positive number; got {mlp_ratio}")
+        check_float(mlp_ratio, "mlp_ratio", 0, 64, min_inclusive=False)
         if not isinstance(cross_attention, bool):
             raise TypeError(f"cross_attention must be a bool; got {cross_attention!r}")
         if context_dim is not None and not cross_attention:
@@ -352,7 +368,7 @@ class TransformerBlock(nn.Module):
                 "context/context_padding_mask given, but this block was built "
                 "with cross_attention=False"
             )
-        _check_float_tensor(x, "x", 3, "(B, T, dim)")
+        _check_float_tensor(x, "x", 3, "(B, T, dim)", module_device(self))
         if x.shape[-1] != self.dim:
             raise ValueError(
                 f"x must have last dimension dim={self.dim}; got shape {tuple(x.shape)}"
@@ -397,6 +413,10 @@ def _check_images(images, name: str = "images") -> None:
         raise ValueError(
             f"{name} must have 4 dimensions (B, C, H, W); got shape {tuple(images.shape)}{hint}"
         )
+    check_device(images, name, None)
+    if images.dtype == torch.bool or images.is_complex():
+        raise TypeError(f"{name} must be a real-valued tensor (B, C, H, W); got {images.dtype}")
+    check_finite(images, name)
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -424,8 +444,19 @@ def unpatchify(patches: torch.Tensor, patch_size: int, image_size: int | tuple[i
     if not isinstance(patches, torch.Tensor) or patches.ndim != 3:
         got = tuple(patches.shape) if isinstance(patches, torch.Tensor) else type(patches).__name__
         raise ValueError(f"patches must be a tensor of shape (B, N, p*p*C); got {got}")
+    check_device(patches, "patches", None)
+    check_finite(patches, "patches")
     _check_positive_int(patch_size, "patch_size")
-    H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    size = image_size
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size)
+    ):
+        raise TypeError(f"image_size must be a positive int or a pair (H, W); got {image_size!r}")
+    H, W = size
     p = patch_size
     B, N, D = patches.shape
     if H % p or W % p or N != (H // p) * (W // p) or D % (p * p):
@@ -457,13 +488,13 @@ class PatchEmbedding(nn.Module):
         cls_token: bool = True,
     ):
         super().__init__()
-        for value, name in [
-            (image_size, "image_size"),
-            (patch_size, "patch_size"),
-            (in_channels, "in_channels"),
-            (dim, "dim"),
+        for value, name, maximum in [
+            (image_size, "image_size", MAX_IMAGE_SIZE),
+            (patch_size, "patch_size", MAX_IMAGE_SIZE),
+            (in_channels, "in_channels", 64),
+            (dim, "dim", MAX_WIDTH),
         ]:
-            _check_positive_int(value, name)
+            _check_positive_int(value, name, maximum)
         if image_size % patch_size != 0:
             raise ValueError(
                 f"image_size must be divisible by patch_size; got "
@@ -487,7 +518,7 @@ class PatchEmbedding(nn.Module):
             nn.init.normal_(self.cls_token, std=0.02)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        _check_float_tensor(images, "images", 4, "(B, C, H, W)")
+        _check_float_tensor(images, "images", 4, "(B, C, H, W)", module_device(self))
         B, C, H, W = images.shape
         if C != self.in_channels:
             hint = (
@@ -544,17 +575,20 @@ def timestep_embedding(
         )
     if timesteps.is_complex() or timesteps.dtype == torch.bool:
         raise TypeError(f"timesteps must be integer or float; got dtype {timesteps.dtype}")
+    check_device(timesteps, "timesteps", None)
+    check_finite(timesteps, "timesteps")
     _check_positive_int(dim, "dim")
     if dim < 2:
         raise ValueError(f"dim must be at least 2 (one sine and one cosine); got {dim}")
+    check_float(max_period, "max_period", 0, None, min_inclusive=False)
+    check_float(downscale_freq_shift, "downscale_freq_shift")
+    check_float(scale, "scale")
     half_dim = dim // 2
     if half_dim - downscale_freq_shift <= 0:
         raise ValueError(
             f"downscale_freq_shift must be smaller than dim // 2 = {half_dim}; "
             f"got {downscale_freq_shift}"
         )
-    if max_period <= 0:
-        raise ValueError(f"max_period must be positive; got {max_period}")
 
     # ω_i = exp(−ln(max_period) · i / (half_dim − shift))
     exponent = -math.log(max_period) * torch.arange(
@@ -593,6 +627,8 @@ class TimestepEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        if isinstance(timesteps, torch.Tensor):
+            check_device(timesteps, "timesteps", module_device(self))
         emb = timestep_embedding(timesteps, self.dim, max_period=self.max_period)  # (N, dim)
         emb = emb.to(self.mlp[0].weight.dtype)
         return self.mlp(emb)  # (N, out_dim)

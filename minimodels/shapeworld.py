@@ -121,6 +121,34 @@ def _check_image_size(image_size) -> int:
     return _check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
 
 
+MAX_SCENES = 1_000_000  # per call: more would take minutes and gigabytes
+
+
+def _check_scene(scene, name: str = "scene") -> dict:
+    """A scene dict as sample_scenes / make_scene return it (objects with colour, shape, ...)."""
+    if not isinstance(scene, dict) or not isinstance(scene.get("objects"), list):
+        raise TypeError(
+            f"{name} must be a scene dict with an 'objects' list (from sample_scenes or "
+            f"make_scene); got {type(scene).__name__}"
+        )
+    for o in scene["objects"]:
+        if not isinstance(o, dict) or not {"color", "shape", "size", "position"} <= set(o):
+            raise ValueError(
+                f"{name}['objects'] must hold dicts with color, shape, size and position; got {o!r}"
+            )
+    return scene
+
+
+def _check_rng(rng, name: str = "rng", optional: bool = True):
+    if rng is None and optional:
+        return np.random.default_rng(0)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"{name} must be a numpy Generator, e.g. np.random.default_rng(0); got {rng!r}"
+        )
+    return rng
+
+
 # ----------------------------------------------------------------------------------------------
 # Scenes: symbolic descriptions
 # ----------------------------------------------------------------------------------------------
@@ -215,7 +243,7 @@ def sample_scenes(
 ) -> list[dict]:
     """Sample `n` random scenes (symbolic, not rendered) of a split. Deterministic in `seed`."""
     _check_choice("split", split, SPLITS)
-    n = _check_int("n", n, lo=1)
+    n = _check_int("n", n, 1, MAX_SCENES)
     seed = _check_int("seed", seed, lo=0)
     image_size = _check_image_size(image_size)
     min_objects = _check_int("min_objects", min_objects, 1, len(POSITIONS))
@@ -294,9 +322,9 @@ def describe(scene: dict, template: int | None = None, rng: np.random.Generator 
     2: 'a red circle to the left of a blue square' (a relation; falls back to 0 for one object)
     3: 'an image of a small red circle and a large blue square' (no positions)
     """
-    objects = scene["objects"]
+    objects = _check_scene(scene)["objects"]
     if template is None:
-        rng = rng if rng is not None else np.random.default_rng(0)
+        rng = _check_rng(rng)
         template = int(rng.integers(NUM_TEMPLATES))
     _check_int("template", template, 0, NUM_TEMPLATES - 1)
 
@@ -325,7 +353,8 @@ def questions_and_answers(scene: dict, rng: np.random.Generator) -> tuple[list[s
     Every answer is one of `ANSWERS`. Only unambiguous questions are asked (the colour of
     "the circle" is asked only when there is one circle).
     """
-    objects = scene["objects"]
+    objects = _check_scene(scene)["objects"]
+    rng = _check_rng(rng, optional=False)
     qs, ans = [], []
 
     def add(q, a):
@@ -366,7 +395,7 @@ def referring_expressions(scene: dict) -> list[tuple[str, int]]:
 
     E.g. ('the red circle', 0), ('the shape at the top left', 0), ('the only triangle', 1).
     """
-    objects = scene["objects"]
+    objects = _check_scene(scene)["objects"]
     out = []
     shapes = [o["shape"] for o in objects]
     colors = [o["color"] for o in objects]
@@ -388,7 +417,7 @@ def foil_caption(caption: str, rng: np.random.Generator | None = None) -> tuple[
     """
     if not isinstance(caption, str) or not caption.strip():
         raise ValueError(f"caption must be a non-empty string; got {caption!r}")
-    rng = rng if rng is not None else np.random.default_rng(0)
+    rng = _check_rng(rng)
     words = caption.split()
     slots = [i for i, w in enumerate(words) if w.strip(",:") in COLORS or w.strip(",:") in SHAPES]
     if not slots:

@@ -56,11 +56,19 @@ class Tokenizer:
     """Word-level tokenizer: special tokens first, then `words` (default: ShapeWorld's)."""
 
     def __init__(self, words: Sequence[str] | None = None, model_max_length: int = 64):
+        if words is not None and (isinstance(words, str) or not isinstance(words, Sequence)):
+            raise TypeError(f"words must be a list of strings or None; got {words!r}")
         words = list(shapeworld.vocabulary() if words is None else words)
         if any(not isinstance(w, str) or not w for w in words):
             raise ValueError("words must be non-empty strings")
-        if not isinstance(model_max_length, int) or model_max_length < 2:
-            raise ValueError(f"model_max_length must be an int >= 2; got {model_max_length!r}")
+        if (
+            isinstance(model_max_length, bool)
+            or not isinstance(model_max_length, int)
+            or not 2 <= model_max_length <= 1_000_000
+        ):
+            raise ValueError(
+                f"model_max_length must be an int in [2, 1000000]; got {model_max_length!r}"
+            )
         self.vocab: dict[str, int] = {}
         for w in list(SPECIAL_TOKENS) + words:
             self.vocab.setdefault(w, len(self.vocab))
@@ -181,6 +189,10 @@ class Tokenizer:
             )
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors must be None or 'pt'; got {return_tensors!r}")
+        if max_length is not None:
+            from minimodels._checks import check_int
+
+            check_int(max_length, "max_length", 1, 1_000_000)
         limit = max_length if max_length is not None else self.model_max_length
         ids = [self.encode(t, add_special_tokens, limit, truncation) for t in texts]
         if padding in (True, "longest", "max_length"):

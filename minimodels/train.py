@@ -40,7 +40,7 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     if choice is not None:
         try:
             dev = torch.device(choice)
-        except (RuntimeError, TypeError) as err:
+        except (RuntimeError, TypeError, ValueError) as err:
             raise ValueError(
                 f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps'; got {choice!r}"
             ) from err

@@ -19,6 +19,8 @@ def to_numpy_images(images) -> np.ndarray:
     single image without N). Floats must lie in [0, 1] (or [-1, 1], then they are rescaled).
     """
     if hasattr(images, "detach"):
+        if images.device.type == "meta":
+            raise ValueError("images is on the meta device (no data); pass a real tensor")
         images = (
             images.detach().cpu().float().numpy()
             if images.is_floating_point()
@@ -33,6 +35,8 @@ def to_numpy_images(images) -> np.ndarray:
         images = images.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
     if images.shape[-1] not in (1, 3):
         raise ValueError(f"images must have 1 or 3 channels; got shape {images.shape}")
+    if images.shape[0] == 0:
+        raise ValueError(f"images is an empty batch; got shape {images.shape}")
     if images.shape[-1] == 1:
         images = images.repeat(3, axis=-1)
     if images.dtype == np.uint8:

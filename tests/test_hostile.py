@@ -1,0 +1,255 @@
+"""Hostile input, property-based: whatever a student types into a public function or class must end
+in a ValueError or TypeError that names the parameter, or in a finite answer; never a NaN, a hang
+or an exception from deep inside PyTorch.
+
+Each case is a public callable with a set of valid arguments. Hypothesis replaces one argument at
+a time with something hostile: a wrong type, a negative or absurd number, NaN or inf, an empty
+batch, a tensor of the wrong shape, dtype or device. ``python -m pytest tests/test_hostile.py -s``
+prints how many cases ran.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections import Counter
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minimodels import checkpoint, layers, shapeworld, text, train, viz
+from minimodels import clip as clip_mod
+from minimodels import judge as judge_mod
+
+RAN: Counter = Counter()
+TIME_LIMIT_S = 20  # generous: the machine is shared; a hang is minutes, not seconds
+EXAMPLES = 25
+
+SCALARS = [None, True, -1, 0, 10**9, 2**63, 1.5, -0.5, math.nan, math.inf, "3", "", [1, 2], ()]
+
+
+def tensor_variants(x: torch.Tensor) -> list:
+    """Hostile versions of a valid tensor argument."""
+    out = [
+        x.unsqueeze(0),  # one dimension too many
+        x.reshape(-1) if x.ndim > 1 else x[None, None],  # flattened / too few
+        x.to(torch.bool),
+        x.to(torch.complex64) if x.is_floating_point() else x.float() + 0.5,
+        x.detach().numpy().tolist() if x.numel() < 64 else "tensor",
+        torch.empty((0, *x.shape[1:]), dtype=x.dtype),  # an empty batch
+        torch.empty(x.shape, dtype=x.dtype, device="meta"),  # another device
+        x[..., :1],  # a wrong last dimension
+    ]
+    if x.is_floating_point():
+        out += [torch.full_like(x, math.nan), torch.full_like(x, math.inf), x * 1e30]
+    else:
+        out += [x + 10**6, x - 10**6]  # ids / values far outside their range
+    return out
+
+
+@contextmanager
+def time_limit(seconds: int):
+    def handler(signum, frame):
+        raise TimeoutError(f"did not return within {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def finite(result) -> bool:
+    """True when every tensor / array / float inside ``result`` is finite."""
+    if isinstance(result, torch.Tensor):
+        return (
+            result.device.type == "meta"
+            or not (result.is_floating_point() or result.is_complex())
+            or bool(torch.isfinite(result).all())
+        )
+    if isinstance(result, np.ndarray):
+        return result.dtype.kind not in "fc" or bool(np.isfinite(result).all())
+    if isinstance(result, float):
+        return math.isfinite(result)
+    if isinstance(result, dict):
+        return all(finite(v) for v in result.values())
+    if isinstance(result, (list, tuple)):
+        return all(finite(v) for v in result[:50])
+    return True
+
+
+def check_call(name: str, fn, kwargs: dict, param: str, value) -> None:
+    RAN[name] += 1
+    call = {**kwargs, param: value}
+    try:
+        with time_limit(TIME_LIMIT_S), torch.no_grad():
+            result = fn(**call)
+    except (ValueError, TypeError) as err:
+        message = str(err)
+        assert param in message or param.rstrip("s") in message, (
+            f"{name}({param}={short(value)}) raised {type(err).__name__} without naming "
+            f"{param!r}: {message}"
+        )
+        return
+    except TimeoutError as err:
+        pytest.fail(f"{name}({param}={short(value)}) hung: {err}")
+    except Exception as err:  # noqa: BLE001
+        pytest.fail(
+            f"{name}({param}={short(value)}) raised {type(err).__name__}, not a ValueError or "
+            f"TypeError naming {param!r}: {err}"
+        )
+    assert finite(result), f"{name}({param}={short(value)}) returned NaN or inf"
+
+
+def short(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"tensor(shape={tuple(value.shape)}, dtype={value.dtype}, device={value.device})"
+    return repr(value)[:60]
+
+
+# ---------------------------------------------------------------------------------- the cases
+# name -> (a factory returning (callable, valid kwargs)). Factories run lazily, once per test.
+
+
+def _tok():
+    return text.Tokenizer()
+
+
+def _clip():
+    torch.manual_seed(0)
+    return clip_mod.CLIP(clip_mod.CLIPConfig(vision_width=32, text_width=32)).eval()
+
+
+def _judge():
+    torch.manual_seed(0)
+    return judge_mod.Judge().eval()
+
+
+def _images(n=2, size=32):
+    return torch.rand(n, 3, size, size)
+
+
+def _tokens(n=2):
+    return _tok()(["a red circle", "a blue square"][:n], padding="max_length", max_length=8)[
+        "input_ids"
+    ]
+
+
+CASES = {
+    # shapeworld
+    "shapeworld.sample_scenes": lambda: (shapeworld.sample_scenes, dict(split="train", n=2, seed=0, image_size=32, min_objects=1, max_objects=3)),
+    "shapeworld.generate": lambda: (shapeworld.generate, dict(split="test", n=2, seed=0, image_size=32)),
+    "shapeworld.render": lambda: (shapeworld.render, dict(scenes=shapeworld.sample_scenes("train", 2), image_size=32)),
+    "shapeworld.describe": lambda: (shapeworld.describe, dict(scene=shapeworld.sample_scenes("train", 1)[0], template=0)),
+    "shapeworld.foil_caption": lambda: (shapeworld.foil_caption, dict(caption="a red circle", rng=np.random.default_rng(0))),
+    "shapeworld.make_scene": lambda: (shapeworld.make_scene, dict(objects=shapeworld.sample_scenes("train", 1)[0]["objects"], image_size=32)),
+    # text
+    "text.Tokenizer": lambda: (text.Tokenizer, dict(words=None, model_max_length=16)),
+    "text.Tokenizer.__call__": lambda: (_tok().__call__, dict(texts=["a red circle"], padding="max_length", max_length=8)),
+    "text.Tokenizer.decode": lambda: (_tok().decode, dict(ids=[5, 6, 7])),
+    # layers
+    "layers.MultiHeadAttention": lambda: (layers.MultiHeadAttention, dict(dim=8, num_heads=2, dropout=0.0)),
+    "layers.MultiHeadAttention.forward": lambda: (layers.MultiHeadAttention(8, 2).eval().forward, dict(x=torch.randn(2, 5, 8))),
+    "layers.TransformerBlock": lambda: (layers.TransformerBlock, dict(dim=8, num_heads=2, mlp_ratio=2.0)),
+    "layers.TransformerBlock.forward": lambda: (layers.TransformerBlock(8, 2).eval().forward, dict(x=torch.randn(2, 5, 8))),
+    "layers.patchify": lambda: (layers.patchify, dict(images=_images(), patch_size=4)),
+    "layers.unpatchify": lambda: (layers.unpatchify, dict(patches=torch.randn(2, 64, 48), patch_size=4, image_size=32)),
+    "layers.PatchEmbedding": lambda: (layers.PatchEmbedding, dict(image_size=32, patch_size=4, in_channels=3, dim=16)),
+    "layers.PatchEmbedding.forward": lambda: (layers.PatchEmbedding(32, 4, 3, 16).forward, dict(images=_images())),
+    "layers.timestep_embedding": lambda: (layers.timestep_embedding, dict(timesteps=torch.tensor([0, 10, 999]), dim=16)),
+    "layers.TimestepEmbedding.forward": lambda: (layers.TimestepEmbedding(16).forward, dict(timesteps=torch.tensor([0, 10, 999]))),
+    # train, checkpoint
+    "train.seed_everything": lambda: (train.seed_everything, dict(seed=0)),
+    "train.get_device": lambda: (train.get_device, dict(device="cpu")),
+    "checkpoint.weights_path": lambda: (checkpoint.weights_path, dict(name="clip")),
+    # clip
+    "clip.CLIPConfig": lambda: (clip_mod.CLIPConfig, dict(image_size=32, patch_size=4, vision_width=32)),
+    "clip.CLIP.encode_image": lambda: (_clip().encode_image, dict(images=_images(), normalize=True)),
+    "clip.CLIP.encode_text": lambda: (_clip().encode_text, dict(tokens=_tokens(), normalize=True)),
+    "clip.CLIP.forward": lambda: (_clip().forward, dict(images=_images(), tokens=_tokens())),
+    "clip.clip_loss": lambda: (clip_mod.clip_loss, dict(image_emb=torch.nn.functional.normalize(torch.randn(4, 8), dim=-1), text_emb=torch.nn.functional.normalize(torch.randn(4, 8), dim=-1), logit_scale=10.0)),
+    "clip.recall_at_k": lambda: (clip_mod.recall_at_k, dict(image_emb=torch.randn(3, 8), text_emb=torch.randn(3, 8), captions=["a", "b", "c"], k=1)),
+    "clip.zero_shot_classifier": lambda: (clip_mod.zero_shot_classifier, dict(model=_clip(), tokenizer=_tok(), classnames=["red circle", "blue square"], templates=("a photo of a {}",))),
+    "clip.zero_shot_predict": lambda: (clip_mod.zero_shot_predict, dict(model=_clip(), images=_images(), classifier=torch.nn.functional.normalize(torch.randn(_clip().config.embed_dim, 3), dim=0))),
+    # judge
+    "judge.Judge.read": lambda: (_judge().read, dict(images=_images(), batch_size=8)),
+    "judge.prepare_images": lambda: (judge_mod.prepare_images, dict(images=_images(), image_size=32)),
+    # viz
+    "viz.to_numpy_images": lambda: (viz.to_numpy_images, dict(images=_images())),
+}  # fmt: skip
+
+
+def hostile_pairs(kwargs: dict) -> list[tuple[str, object]]:
+    """Every (parameter, hostile value) pair for one case: one argument spoiled at a time."""
+    pairs = []
+    for param, valid in kwargs.items():
+        values = list(SCALARS)
+        if isinstance(valid, torch.Tensor):
+            values += tensor_variants(valid)
+        pairs += [(param, v) for v in values]
+    return pairs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report():
+    yield
+    total = sum(RAN.values())
+    print(f"\nhostile input: {total} cases over {len(RAN)} public callables")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hostile_input(name):
+    """Every hostile value for every parameter, one at a time; all failures listed together."""
+    fn, kwargs = CASES[name]()
+    failures = []
+    for param, value in hostile_pairs(kwargs):
+        try:
+            check_call(name, fn, kwargs, param, value)
+        except (AssertionError, pytest.fail.Exception) as err:
+            failures.append(str(err).splitlines()[0])
+    assert not failures, f"{len(failures)} problems:\n" + "\n".join(failures)
+
+
+TENSOR_CASES = sorted(
+    name for name, factory in CASES.items()
+    if any(isinstance(v, torch.Tensor) for v in factory()[1].values())
+)  # fmt: skip
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.int64, torch.uint8, torch.bool]
+
+
+@st.composite
+def random_tensors(draw):
+    shape = draw(st.lists(st.integers(0, 6), min_size=0, max_size=5))
+    dtype = draw(st.sampled_from(DTYPES))
+    fill = draw(st.sampled_from(["randn", "nan", "inf", "huge", "zeros"]))
+    x = torch.randn(shape) * {"randn": 1, "nan": math.nan, "inf": math.inf, "huge": 1e38}.get(
+        fill, 0
+    )
+    return x.to(dtype) if dtype.is_floating_point else x.nan_to_num().clamp(-9, 9).to(dtype)
+
+
+@pytest.mark.parametrize("name", TENSOR_CASES)
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(data=st.data())
+def test_random_tensors(name, data):
+    """Hypothesis draws tensors of any shape (empty included), dtype and content."""
+    fn, kwargs = CASES[name]()
+    param = data.draw(
+        st.sampled_from(sorted(k for k, v in kwargs.items() if isinstance(v, torch.Tensor)))
+    )
+    check_call(name, fn, kwargs, param, data.draw(random_tensors()))
+
+
+def test_valid_arguments_of_every_case_work():
+    """The baseline: each case's valid arguments do work (so a rejection above is real)."""
+    for _name, factory in CASES.items():
+        fn, kwargs = factory()
+        with torch.no_grad():
+            fn(**kwargs)

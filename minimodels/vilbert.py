@@ -480,15 +480,22 @@ def soft_region_targets(
     return p * valid[..., None]
 
 
-def mask_tokens(input_ids: torch.Tensor, attention_mask, generator: torch.Generator, p=0.15):
-    """BERT masking: each real word (not [CLS]/[SEP]/[PAD]) becomes [MASK] with probability p;
-    at least one word per text. Returns (masked ids, labels with IGNORE_INDEX elsewhere)."""
+def mask_tokens(
+    input_ids: torch.Tensor,
+    attention_mask,
+    generator: torch.Generator,
+    p: float = 0.15,
+    at_least_one: bool = False,
+):
+    """BERT masking: each real word (not [CLS]/[SEP]/[PAD]) becomes [MASK] with probability p
+    (with at_least_one, one word is forced in a text that drew none).
+    Returns (masked ids, labels with IGNORE_INDEX elsewhere)."""
     special = torch.tensor(sorted(_TOKENIZER.special_ids))
     word = attention_mask.bool() & ~torch.isin(input_ids, special)  # (B, L) maskable
     chosen = (torch.rand(input_ids.shape, generator=generator) < p) & word
     # at least one masked word per text: force a random word where none was drawn
     none = ~chosen.any(dim=1)
-    if none.any():
+    if at_least_one and none.any():
         scores = torch.rand(input_ids.shape, generator=generator).masked_fill(~word, -1.0)
         forced = F.one_hot(scores.argmax(dim=1), input_ids.shape[1]).bool() & word
         chosen = chosen | (forced & none[:, None])
@@ -568,7 +575,9 @@ def training_batch(
 
     Each scene gets a caption (random template); with probability p_negative the caption is
     replaced by a negative, hard (`hard_negative`) with probability p_hard, else random.
-    Masked words (mask_prob) and masked regions (mask_prob) only on aligned pairs, as ViLBERT.
+    Words and regions are masked (mask_prob) in *every* pair, but only aligned pairs keep
+    their labels (as in ViLBERT): masking only aligned pairs would let the alignment head
+    answer "is there a [MASK]?" instead of looking at the image.
     With vqa=True the batch also holds one question per scene and its answer index.
     """
     stream = 1_000_000 * (seed + 1) + step  # scene seeds apart from evaluation seeds
@@ -590,14 +599,11 @@ def training_batch(
     aligned = torch.tensor(aligned)
     tokens = _TOKENIZER(captions, max_length=40)
     ids, mlm_labels = mask_tokens(tokens["input_ids"], tokens["attention_mask"], gen, mask_prob)
-    ids = torch.where(aligned[:, None].bool(), ids, tokens["input_ids"])
     mlm_labels = mlm_labels.masked_fill(~aligned[:, None].bool(), IGNORE_INDEX)
     regions = regions_from_scenes(scenes)
     objects = regions["region_mask"].clone()
     objects[:, 0] = False  # [IMG] is never masked
-    masked = (
-        (torch.rand(objects.shape, generator=gen) < mask_prob) & objects & aligned[:, None].bool()
-    )
+    masked = (torch.rand(objects.shape, generator=gen) < mask_prob) & objects  # (B, R)
     batch = {
         "images": _images(scenes, image_size),
         "input_ids": ids,
@@ -606,7 +612,9 @@ def training_batch(
         "boxes": regions["boxes"],
         "region_mask": regions["region_mask"],
         "masked_regions": masked,
-        "region_labels": regions["region_labels"].masked_fill(~masked, IGNORE_INDEX),
+        "region_labels": regions["region_labels"].masked_fill(
+            ~masked | ~aligned[:, None].bool(), IGNORE_INDEX
+        ),  # targets only for masked regions of aligned pairs
         "itm_labels": aligned,
     }
     if vqa:
@@ -703,14 +711,25 @@ def train_vilbert(
 # ----------------------------------------------------------------------------------------------
 
 
-def itm_pairs(seed: int = 0, n: int = 1000, image_size: int = 32) -> dict:
+def itm_pairs(
+    seed: int = 0,
+    n: int = 1000,
+    image_size: int = 32,
+    min_objects: int = 1,
+    max_objects: int = 3,
+    template: int | None = None,
+) -> dict:
     """The evaluation set of alignment: n `test` scenes, each with its true caption, a random
-    negative and a hard negative (same template). Deterministic in seed."""
-    images, scenes = sw.generate("test", n, seed=seed, image_size=image_size)
+    negative and a hard negative (same template: `template`, or a random one per scene).
+    Deterministic in seed."""
+    images, scenes = sw.generate(
+        "test", n, seed=seed, image_size=image_size, min_objects=min_objects,
+        max_objects=max_objects,
+    )  # fmt: skip
     rng = np.random.default_rng([seed, 99])
     pos, rand, hard, kinds = [], [], [], []
     for i, s in enumerate(scenes):
-        t = int(rng.integers(sw.NUM_TEMPLATES))
+        t = int(rng.integers(sw.NUM_TEMPLATES)) if template is None else template
         pos.append(sw.describe(s, template=t))
         rand.append(random_negative(scenes, i, t, rng))
         h, kind = hard_negative(s, t, rng)
@@ -854,6 +873,17 @@ def evaluate_vilbert(
         cpos = clip_itm_scores(clip_model, images, data["positive"])
         chard = clip_itm_scores(clip_model, images, data["hard"])
         out["clip_itm_acc_hard"] = round((cpos > chard).float().mean().item(), 4)
+    # crowded scenes (5 objects, more than either model saw in training; template 3 keeps the
+    # caption within 40 tokens): one vector per image has to hold more, one token per region
+    # does not
+    crowd = itm_pairs(seed, max(1, n // 2), size, min_objects=5, max_objects=5, template=3)
+    p5 = itm_scores(model, crowd["images"], crowd["scenes"], crowd["positive"])
+    h5 = itm_scores(model, crowd["images"], crowd["scenes"], crowd["hard"])
+    out["itm_acc_hard_5_objects"] = round((p5 > h5).float().mean().item(), 4)
+    if clip_model is not None:
+        p5 = clip_itm_scores(clip_model, crowd["images"], crowd["positive"])
+        h5 = clip_itm_scores(clip_model, crowd["images"], crowd["hard"])
+        out["clip_itm_acc_hard_5_objects"] = round((p5 > h5).float().mean().item(), 4)
     if vilt_model is not None:
         from minimodels.vilt import itm_scores as vilt_scores
 

@@ -208,7 +208,9 @@ def test_soft_region_targets_structure():
 def test_mask_tokens_masks_only_words_and_at_least_one(tok):
     batch = tok(["a red circle", "there are two shapes: a red circle on the left and a blue cross"])
     gen = torch.Generator().manual_seed(0)
-    ids, labels = mask_tokens(batch["input_ids"], batch["attention_mask"], gen, p=0.15)
+    ids, labels = mask_tokens(
+        batch["input_ids"], batch["attention_mask"], gen, p=0.15, at_least_one=True
+    )
     chosen = labels != IGNORE_INDEX
     assert chosen.any(dim=1).all()  # at least one word per text
     assert (ids[chosen] == tok.mask_token_id).all()
@@ -244,13 +246,21 @@ def test_hard_negatives_are_false_and_close():
     assert kinds == {"colour", "shape", "exchange"}
 
 
-def test_training_batch_masks_only_aligned_pairs():
+def test_training_batch_masks_every_pair_but_labels_only_aligned_ones(tok):
     b = training_batch(0, batch_size=64, seed=0, vqa=True)
     aligned = b["itm_labels"].bool()
     assert 0.3 < aligned.float().mean() < 0.7
-    assert ((b["mlm_labels"] != IGNORE_INDEX).any(dim=1) == aligned).all()
-    assert not b["masked_regions"][~aligned].any() and not b["masked_regions"][:, 0].any()
-    assert ((b["region_labels"] != IGNORE_INDEX) == b["masked_regions"]).all()
+    # [MASK] appears in aligned and negative captions alike: no shortcut for the alignment head
+    has_mask = (b["input_ids"] == tok.mask_token_id).any(dim=1)
+    assert has_mask[aligned].any() and has_mask[~aligned].any()
+    assert b["masked_regions"][~aligned].any() and not b["masked_regions"][:, 0].any()
+    # ... but only aligned pairs have targets
+    assert not (b["mlm_labels"][~aligned] != IGNORE_INDEX).any()
+    assert (
+        (b["mlm_labels"] != IGNORE_INDEX)
+        == (has_mask[:, None] & (b["input_ids"] == tok.mask_token_id) & aligned[:, None])
+    ).all()
+    assert ((b["region_labels"] != IGNORE_INDEX) == (b["masked_regions"] & aligned[:, None])).all()
     assert b["answers"].shape == (64,) and b["answers"].max() < len(sw.ANSWERS)
 
 

@@ -164,3 +164,20 @@ def test_checkpoint_refuses_damaged_or_foreign_files(tmp_path):
 def test_save_requires_a_config(tmp_path):
     with pytest.raises(TypeError, match="config"):
         save_model(nn.Linear(2, 2), tmp_path / "x")
+
+
+def test_every_shipped_weights_file_has_its_checksum_recorded():
+    from minimodels.checkpoint import WEIGHTS_DIR
+
+    files = sorted(WEIGHTS_DIR.glob("*.safetensors"))
+    assert files, "no shipped weights found"
+    for st in files:
+        meta = json.loads(st.with_suffix(".json").read_text())
+        assert meta["sha256"] == sha256(st), f"{st.name}: the recorded checksum does not match"
+        assert st.stat().st_size < 5e6, f"{st.name} is larger than a course download should be"
+        assert "training" in meta and "command" in meta["training"], (
+            f"{st.name}: record the command that trained it"
+        )
+    assert not list(WEIGHTS_DIR.glob("*.pt")) and not list(WEIGHTS_DIR.glob("*.bin")), (
+        "only safetensors weights are shipped"
+    )

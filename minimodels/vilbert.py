@@ -804,13 +804,31 @@ def vqa_accuracy(model: ViLBERT, seed: int = 0, n: int = 1000, image_size: int =
 
 @torch.no_grad()
 def clip_itm_scores(clip_model, images, captions, batch_size: int = 500) -> torch.Tensor:
-    """(n,) cosine similarity of each (image, caption) pair under a CLIP model."""
+    """(n,) cosine similarity of each (image, caption) pair under a CLIP model.
+
+    images: (n, 3, H, W), or the images' normalised CLIP embeddings (n, E) computed once
+    with `clip_model.encode_image(images, normalize=True)` (a dual encoder's whole point).
+    """
+    if isinstance(images, torch.Tensor) and images.ndim == 2:
+        image_emb = images
+    else:
+        image_emb = torch.cat(
+            [
+                clip_model.encode_image(images[s : s + batch_size], normalize=True)
+                for s in range(0, len(images), batch_size)
+            ]
+        )  # (n, E)
+    if len(image_emb) != len(captions):
+        raise ValueError(
+            f"images and captions must have the same length; got {len(image_emb)} and "
+            f"{len(captions)}"
+        )
     out = []
     for s in range(0, len(captions), batch_size):
-        sl = slice(s, s + batch_size)
-        i_e = clip_model.encode_image(images[sl], normalize=True)
-        t_e = clip_model.encode_text(_TOKENIZER(captions[sl], max_length=40), normalize=True)
-        out.append((i_e * t_e).sum(-1).cpu())
+        t_e = clip_model.encode_text(
+            _TOKENIZER(captions[s : s + batch_size], max_length=40), normalize=True
+        )
+        out.append((image_emb[s : s + batch_size].to(t_e.device) * t_e).sum(-1).cpu())
     return torch.cat(out)
 
 
@@ -870,8 +888,11 @@ def evaluate_vilbert(
     out["mlm_acc"] = round(mlm_accuracy(model, images, scenes, data["positive"], seed), 4)
     out["vqa_acc"] = round(vqa_accuracy(model, seed, n, size), 4)
     if clip_model is not None:
-        cpos = clip_itm_scores(clip_model, images, data["positive"])
-        chard = clip_itm_scores(clip_model, images, data["hard"])
+        emb = torch.cat(
+            [clip_model.encode_image(images[s : s + 500], normalize=True) for s in range(0, n, 500)]
+        )  # the images are embedded once for both captions
+        cpos = clip_itm_scores(clip_model, emb, data["positive"])
+        chard = clip_itm_scores(clip_model, emb, data["hard"])
         out["clip_itm_acc_hard"] = round((cpos > chard).float().mean().item(), 4)
     # crowded scenes (5 objects, more than either model saw in training; template 3 keeps the
     # caption within 40 tokens): one vector per image has to hold more, one token per region
@@ -881,8 +902,9 @@ def evaluate_vilbert(
     h5 = itm_scores(model, crowd["images"], crowd["scenes"], crowd["hard"])
     out["itm_acc_hard_5_objects"] = round((p5 > h5).float().mean().item(), 4)
     if clip_model is not None:
-        p5 = clip_itm_scores(clip_model, crowd["images"], crowd["positive"])
-        h5 = clip_itm_scores(clip_model, crowd["images"], crowd["hard"])
+        emb = clip_model.encode_image(crowd["images"], normalize=True)
+        p5 = clip_itm_scores(clip_model, emb, crowd["positive"])
+        h5 = clip_itm_scores(clip_model, emb, crowd["hard"])
         out["clip_itm_acc_hard_5_objects"] = round((p5 > h5).float().mean().item(), 4)
     if vilt_model is not None:
         from minimodels.vilt import itm_scores as vilt_scores

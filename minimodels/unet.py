@@ -614,3 +614,79 @@ def seconds_per_image(fn, num_images: int) -> float:
     start = time.perf_counter()
     fn()
     return (time.perf_counter() - start) / num_images
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation (python -m minimodels.evaluate ddpm)
+# ----------------------------------------------------------------------------------------------
+
+
+def real_images(n: int, seed: int = 0, image_size: int = 20, split: str = "test"):
+    """n real single-object scenes (large objects) as uint8 (n, 3, S, S), with their
+    (colour, shape) pairs: the distribution the shipped models were trained on."""
+    scenes = sample_single_objects(split, n, seed, image_size)
+    images = torch.from_numpy(sw.render(scenes, image_size)).permute(0, 3, 1, 2)
+    return images, [(s["objects"][0]["color"], s["objects"][0]["shape"]) for s in scenes]
+
+
+@torch.no_grad()
+def evaluate_ddpm(
+    unet: UNet2DModel,
+    pipe: TextToImage,
+    seed: int = 0,
+    n: int = 256,
+    guidance_scale: float = 3.0,
+    timing_batch: int = 64,
+    ddpm_timing_batch: int = 16,
+) -> dict:
+    """The issue's metrics on fresh samples (deterministic in seed, except the timings).
+
+    Unconditional (DDIM-50): valid_shape_rate, fid_toy against n real images, fid_toy_real
+    (real against other real images: the floor). Text (DDIM-50): prompt_faithfulness with
+    guidance_scale, and with no guidance (w = 1, the conditional model alone), for n prompts
+    'a {colour} {shape}' drawn from the test split's scenes. Seconds per image: DDIM-50 and
+    DDIM-25 on a batch of timing_batch, DDPM-1000 on a batch of ddpm_timing_batch.
+    """
+    from minimodels.metrics import fid_toy, prompt_faithfulness, valid_shape_rate
+
+    judge = __import__("minimodels").pretrained("judge")
+    size = unet.config.sample_size
+    gen = torch.Generator().manual_seed(seed)
+    samples = torch.cat([
+        generate_unconditional(unet, min(256, n - s), 50, "ddim", generator=gen)
+        for s in range(0, n, 256)
+    ])  # fmt: skip
+    real, pairs = real_images(n, seed, size)
+    real2, _ = real_images(n, seed + 100_000, size)
+    out = {
+        "n": n,
+        "valid_shape_rate": round(valid_shape_rate(samples, judge), 4),
+        "valid_shape_rate_real": round(valid_shape_rate(real, judge), 4),
+        "fid_toy": round(fid_toy(samples, real, judge), 4),
+        "fid_toy_real": round(fid_toy(real2, real, judge), 4),
+    }
+    prompts = [f"a {c} {s}" for c, s in pairs]
+    for key, w in (
+        ("prompt_faithfulness", guidance_scale),
+        ("prompt_faithfulness_no_guidance", 1.0),
+    ):
+        gen = torch.Generator().manual_seed(seed + 1)
+        images = torch.cat([
+            pipe.generate(prompts[s : s + 128], 50, w, generator=gen)
+            for s in range(0, n, 128)
+        ])  # fmt: skip
+        out[key] = round(prompt_faithfulness(images, pairs, judge), 4)
+    out["guidance_scale"] = guidance_scale
+    for key, steps, kind, batch in (
+        ("seconds_per_image_ddim50", 50, "ddim", timing_batch),
+        ("seconds_per_image_ddim25", 25, "ddim", timing_batch),
+        ("seconds_per_image_ddpm1000", 1000, "ddpm", ddpm_timing_batch),
+    ):
+        start = time.perf_counter()
+        generate_unconditional(unet, batch, steps, kind, seed=seed)
+        out[key] = round((time.perf_counter() - start) / batch, 5)
+    start = time.perf_counter()
+    pipe.generate((prompts * 64)[:64], 50, guidance_scale, seed=seed)  # the ≤ 15 s bar
+    out["seconds_64_images_ddim50_text_cfg"] = round(time.perf_counter() - start, 3)
+    out["threads"] = torch.get_num_threads()
+    return out

@@ -282,3 +282,28 @@ def test_judge_metrics_on_real_and_noise_images():
     assert prompt_faithfulness(real, wrong) < 0.1
     other = sw.render(sample_single_objects("test", 64, seed=6, image_size=20), 20)
     assert fid_toy(real, other) * 10 < fid_toy(real, noise)
+
+
+# ---- the GAN ---------------------------------------------------------------------------------
+
+
+def test_conditional_gan_trains_and_generates():
+    from minimodels.gan import PAIRS, ConditionalGAN, GANConfig, train_gan
+
+    torch.manual_seed(0)
+    gan = ConditionalGAN(GANConfig(image_size=16, channels=8))
+    before = [p.detach().clone() for p in gan.generator.parameters()]
+    history = train_gan(gan, steps=3, batch_size=8, progress=False)
+    assert len(history["d"]) == 3 and all(math.isfinite(v) for v in history["g"])
+    assert any((a - b).abs().max() > 0 for a, b in zip(before, gan.generator.parameters()))
+    prompts = [f"a {c} {s}" for c, s in PAIRS[:3]]
+    x = gan.generate(prompts, seed=1)
+    assert x.shape == (3, 3, 16, 16) and 0 <= x.min() and x.max() <= 1
+    torch.testing.assert_close(x, gan.generate(prompts, seed=1))
+    assert ConditionalGAN.labels(["there is a red circle"]).tolist() == [
+        PAIRS.index(("red", "circle"))
+    ]
+    with pytest.raises(ValueError, match="colour-shape pair"):
+        ConditionalGAN.labels(["a red triangle"])  # held out: not a training class
+    with pytest.raises(ValueError, match="image_size"):
+        GANConfig(image_size=10)

@@ -152,3 +152,25 @@ def test_bad_inputs():
         PerceiverResampler(16, num_latents=0)
     with pytest.raises(ValueError, match="prefix_embeds must have the LM's width 32"):
         prefix_forward(lm, torch.randn(1, 2, 8), ids)
+
+
+def test_flamingo_around_the_shipped_gpt_is_the_gpt_at_init():
+    import minimodels
+
+    lm = minimodels.pretrained("gpt")
+    reference = copy.deepcopy(lm)
+    model = Flamingo(lm, FlamingoConfig(vision_dim=64, lm_dim=lm.config.n_embd))
+    batch = gpt_batch(["<bos> what color is the circle? red <eos>", "<bos> a red square <eos>"])
+    feats = torch.randn(2, 16, 64)
+    out = model(feats, batch["input_ids"], batch["attention_mask"], labels=batch["input_ids"])
+    ref = reference(**batch, labels=batch["input_ids"])
+    assert torch.equal(out.logits, ref.logits) and torch.equal(out.loss, ref.loss)
+    with torch.no_grad():
+        model.flamingo_layers()[0].gated_cross_attn_layer.attn_gate.fill_(1.0)
+    assert not torch.allclose(model(feats, batch["input_ids"]).logits[0], ref.logits[0])
+
+
+def gpt_batch(texts):
+    from minimodels.gpt import TOKENIZER
+
+    return TOKENIZER(texts, add_special_tokens=False, padding=True)

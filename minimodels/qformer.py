@@ -145,6 +145,7 @@ class Blip2(nn.Module):
 
     def visual_prefix(self, image_features: torch.Tensor) -> torch.Tensor:
         """(B, N, D) frozen features → (B, Q, C) vectors in the LM's input space."""
+        _check_features(image_features, self.config.encoder_hidden_size, "image_features")
         return self.language_projection(self.qformer(image_features))  # (B, Q, C)
 
     def forward(self, image_features, input_ids, attention_mask=None, labels=None):

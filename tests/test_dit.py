@@ -80,8 +80,8 @@ def test_adaln_zero_starts_as_identity_and_predicts_zero():
     x, c = torch.randn(2, 9, 32), torch.randn(2, 32)
     assert torch.equal(block(x, c), x)  # α = 0: both residual branches are switched off
     model = DiTTransformer2DModel(DiTConfig(hidden_size=32, cond_dim=8))
-    eps = model(torch.randn(2, 4, 6, 6), torch.tensor([5, 500]), condition=torch.randn(2, 8))
-    assert eps.shape == (2, 4, 6, 6) and torch.count_nonzero(eps) == 0
+    eps = model(torch.randn(2, 16, 6, 6), torch.tensor([5, 500]), condition=torch.randn(2, 8))
+    assert eps.shape == (2, 16, 6, 6) and torch.count_nonzero(eps) == 0
     # one optimizer step moves the gates away from zero, so training can start
     eps.sum().backward()
     assert model.proj_out.weight.grad.abs().sum() > 0
@@ -97,7 +97,7 @@ def test_condition_timestep_and_drop_change_the_output():
     torch.manual_seed(0)
     model = DiTTransformer2DModel(DiTConfig(hidden_size=32, cond_dim=8)).eval()
     _randomise(model, seed=1)
-    x, t = torch.randn(2, 4, 6, 6), torch.tensor([10, 10])
+    x, t = torch.randn(2, 16, 6, 6), torch.tensor([10, 10])
     c1, c2 = torch.randn(2, 8), torch.randn(2, 8)
     with torch.no_grad():
         a, b = model(x, t, condition=c1), model(x, t, condition=c2)
@@ -124,8 +124,8 @@ def test_patches_are_put_back_where_they_came_from():
         return torch.arange(9.0)[None, :, None].expand_as(out)
 
     model.proj_out.register_forward_hook(token_index)
-    eps = model(torch.randn(1, 4, 6, 6), 3)
-    assert captured["shape"] == (1, 9, 2 * 2 * 4)  # N = (6/2)² tokens of p·p·C values
+    eps = model(torch.randn(1, 16, 6, 6), 3)
+    assert captured["shape"] == (1, 9, 2 * 2 * 16)  # N = (6/2)² tokens of p·p·C values
     expected = torch.arange(9.0).view(3, 3).repeat_interleave(2, 0).repeat_interleave(2, 1)
     torch.testing.assert_close(eps[0, 0], expected)
 
@@ -133,7 +133,7 @@ def test_patches_are_put_back_where_they_came_from():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(sample=torch.randn(2, 3, 6, 6)), ValueError, "sample must have shape"),
+        (dict(sample=torch.randn(2, 4, 6, 6)), ValueError, "sample must have shape"),
         (dict(sample=torch.zeros(2, 4, 6, 6, dtype=torch.long)), TypeError, "float tensor"),
         (dict(timestep=torch.tensor([1, 2, 3])), ValueError, "timestep must be a scalar"),
         (dict(timestep=torch.tensor([-1, 2])), ValueError, ">= 0"),
@@ -145,7 +145,7 @@ def test_patches_are_put_back_where_they_came_from():
 )
 def test_bad_inputs_raise_clear_errors(kwargs, error, match):
     model = DiTTransformer2DModel(DiTConfig(hidden_size=32, cond_dim=8))
-    args = dict(sample=torch.randn(2, 4, 6, 6), timestep=torch.tensor([1, 2]))
+    args = dict(sample=torch.randn(2, 16, 6, 6), timestep=torch.tensor([1, 2]))
     args.update(kwargs)
     with pytest.raises(error, match=match):
         model(args.pop("sample"), args.pop("timestep"), **args)
@@ -160,4 +160,4 @@ def test_bad_configs_raise_clear_errors():
         DiTConfig(cond_dim=-1)
     with pytest.raises(ValueError, match="class_labels must lie"):
         model = DiTTransformer2DModel(DiTConfig(hidden_size=32, num_classes=3))
-        model(torch.randn(1, 4, 6, 6), 0, class_labels=torch.tensor([4]))
+        model(torch.randn(1, 16, 6, 6), 0, class_labels=torch.tensor([4]))

@@ -10,9 +10,8 @@ from minimodels.latent import (
     Autoencoder,
     AutoencoderConfig,
     LatentDiffusionPipeline,
-    autoencoder_loss,
+    fit_autoencoder,
     images_to_model_range,
-    train_autoencoder,
     train_latent_dit,
 )
 
@@ -23,26 +22,35 @@ def test_shapes_and_latent_scaling_round_trip():
     vae = Autoencoder(AutoencoderConfig(scaling_factor=2.5, shift_factor=0.3))
     x = torch.rand(3, 3, 24, 24) * 2 - 1
     z = vae.encode(x)
-    assert z.shape == (3, 4, 6, 6) == (3,) + vae.latent_shape  # 4·6·6 = 144 numbers of 1728
+    assert z.shape == (3, 16, 6, 6) == (3,) + vae.latent_shape  # 16·6·6 = 576 numbers of 1728
     assert vae.decode(z).shape == x.shape
     torch.testing.assert_close(vae.unscale_latents(vae.scale_latents(z)), z)
     torch.testing.assert_close(vae.scale_latents(torch.full_like(z, 0.3)), torch.zeros_like(z))
 
 
-def test_training_learns_to_reconstruct_and_sets_unit_scale():
-    cfg = AutoencoderConfig(block_out_channels=(8, 32))
-    images = images_to_model_range(sw.generate("test", 16, seed=3, image_size=24)[0])
+def test_pca_fit_is_the_best_linear_code_and_whitened():
+    images = images_to_model_range(sw.generate("train", 256, seed=3, image_size=24)[0])
+    test = images_to_model_range(sw.generate("test", 64, seed=4, image_size=24)[0])
+    errors = {}
+    for k in (4, 16, 48):
+        vae, history = fit_autoencoder(images, AutoencoderConfig(latent_channels=k))
+        with torch.no_grad():
+            z = vae.encode(images)
+            errors[k] = torch.nn.functional.mse_loss(vae(test), test).item()
+        assert history[0] < 0.05
+        # whitened codes: each latent channel has mean 0 and variance 1 on the fitting images
+        torch.testing.assert_close(z.mean((0, 2, 3)), torch.zeros(k), atol=1e-4, rtol=0)
+        torch.testing.assert_close(z.std((0, 2, 3)), torch.ones(k), atol=2e-2, rtol=0)
+    assert errors[4] > errors[16] > errors[48]  # a longer code keeps more
+    assert errors[48] < 1e-8  # 48 = the whole patch: a perfect round trip
+    # the PCA code beats a random linear code of the same length fitted by least squares
     torch.manual_seed(0)
-    untrained = autoencoder_loss(Autoencoder(cfg), images).item()
-    vae, history = train_autoencoder(steps=80, batch_size=16, lr=3e-3, config=cfg,
-                                     progress=False)  # fmt: skip
-    assert len(history) == 80
-    with torch.no_grad():
-        trained = autoencoder_loss(vae, images).item()
-        z0 = vae.scale_latents(vae.encode(images))
-    assert trained < 0.5 * untrained, f"reconstruction {untrained:.4f} -> {trained:.4f}"
-    # scaling_factor / shift_factor were fitted on other images: roughly unit std, zero mean
-    assert 0.6 < z0.std().item() < 1.6 and abs(z0.mean().item()) < 0.5
+    vae, _ = fit_autoencoder(images, AutoencoderConfig(latent_channels=16))
+    p = torch.nn.functional.unfold(images, 4, stride=4).transpose(1, 2).reshape(-1, 48)
+    W = torch.randn(48, 16)
+    coef = torch.linalg.lstsq(p @ W, p).solution
+    q = torch.nn.functional.unfold(test, 4, stride=4).transpose(1, 2).reshape(-1, 48)
+    assert errors[16] < ((q @ W @ coef - q) ** 2).mean().item()
 
 
 class FixedNoise(torch.nn.Module):
@@ -92,7 +100,7 @@ def test_guidance_scale_zero_one_and_negative_prompts(pipeline):
     # w = 3 extrapolates beyond the conditional prediction: ε̂ = ε_∅ + 3 (ε_c − ε_∅)
     z_w3 = pipeline(prompt=prompt, guidance_scale=3.0, num_inference_steps=1,
                     generator=torch.Generator().manual_seed(1), output_type="latent")  # fmt: skip
-    z_T = torch.randn((2, 4, 6, 6), generator=torch.Generator().manual_seed(1))
+    z_T = torch.randn((2, 16, 6, 6), generator=torch.Generator().manual_seed(1))
     c = pipeline.encode_prompt(prompt).mean(1)[:, None, None, None]
     eps = 0.1 * z_T + 3.0 * ((0.3 * z_T + c) - 0.1 * z_T)
     ab = pipeline.scheduler.alphas_cumprod[pipeline.scheduler.timesteps[0]]
@@ -122,8 +130,10 @@ def test_bad_inputs_raise_clear_errors():
         vae.decode(torch.zeros(1, 8, 6, 6))
     with pytest.raises(TypeError, match="uint8"):
         images_to_model_range(torch.rand(1, 3, 24, 24))
-    with pytest.raises(ValueError, match="divisible by 2\\*\\*num_down"):
+    with pytest.raises(ValueError, match="divisible by patch_size"):
         AutoencoderConfig(image_size=30)
+    with pytest.raises(ValueError, match="at most patch_size"):
+        AutoencoderConfig(latent_channels=64)
     with pytest.raises(TypeError, match="vae must be an Autoencoder"):
         LatentDiffusionPipeline(object(), FixedNoise(), object())
 

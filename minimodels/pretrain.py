@@ -41,10 +41,29 @@ def pretrain_gpt(steps: int, seed: int, device=None):
     return train_gpt(steps=steps, seed=seed, device=device)
 
 
+def pretrain_latent(steps: int, seed: int, device=None):
+    # the autoencoder of latent diffusion, 24×24×3 images <-> 16×6×6 latents, is fitted in
+    # closed form (PCA of 4×4 patches); `steps` is the number of fitting images
+    from minimodels.latent import train_autoencoder
+
+    return train_autoencoder(n_images=steps, seed=seed, device=device)
+
+
+def pretrain_dit(steps: int, seed: int, device=None):
+    # a text-conditioned DiT on the shipped autoencoder's latents (needs latent and clip)
+    import minimodels
+    from minimodels.latent import load_pretrained, train_latent_dit
+
+    vae, clip = load_pretrained(device), minimodels.pretrained("clip", device)
+    return train_latent_dit(vae, clip, steps=steps, seed=seed, device=device)
+
+
 # name -> (function(steps, seed, device) -> (model, loss history), default steps)
 RECIPES = {
     "judge": (pretrain_judge, 300),
     "clip": (pretrain_clip, 3000),
+    "latent": (pretrain_latent, 4096),
+    "dit": (pretrain_dit, 4000),
     "gpt": (pretrain_gpt, 2000),
 }
 

@@ -152,6 +152,15 @@ def test_bad_inputs():
         PerceiverResampler(16, num_latents=0)
     with pytest.raises(ValueError, match="prefix_embeds must have the LM's width 32"):
         prefix_forward(lm, torch.randn(1, 2, 8), ids)
+    frozen = Frozen(tiny_lm(), FrozenConfig(image_size=16, channels=(8, 8, 8), lm_dim=32))
+    with pytest.raises(ValueError, match="one row per image \\(2\\)"):
+        frozen(torch.rand(2, 3, 16, 16), ids)
+    with pytest.raises(ValueError, match="channels"):
+        frozen(torch.rand(1, 16, 16, 3), ids)  # channels-last
+    with pytest.raises(ValueError, match="num_prefix_tokens must be a positive int"):
+        FrozenConfig(num_prefix_tokens=0)
+    with pytest.raises(ValueError, match="config.lm_dim must equal"):
+        Frozen(tiny_lm(), FrozenConfig(lm_dim=64))
 
 
 def test_flamingo_around_the_shipped_gpt_is_the_gpt_at_init():

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from minimodels._checks import check_device, check_finite
 from minimodels.frozen import freeze, lm_width
 from minimodels.layers import MultiHeadAttention
 
@@ -47,6 +48,8 @@ def _check_features(x, dim: int, name: str = "image_features") -> None:
         raise ValueError(f"{name} must have shape (B, N, {dim}); got {tuple(x.shape)}{hint}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a float tensor; got dtype {x.dtype}")
+    check_device(x, name, None)
+    check_finite(x, name)
     if x.shape[-1] != dim:
         raise ValueError(
             f"{name} must have width {dim} in its last dimension (the vision encoder's); "
@@ -99,7 +102,7 @@ class PerceiverResampler(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_features(x, self.dim)
+        _check_features(x, self.dim, "x (image features)")
         B = x.shape[0]
         latents = self.latents.expand(B, -1, -1)  # (B, L, D)
         for layer in self.layers:
@@ -134,6 +137,10 @@ class GatedCrossAttentionDense(nn.Module):
         self.ff_gate = nn.Parameter(torch.zeros(1))  # α_dense = 0
 
     def forward(self, x: torch.Tensor, media: torch.Tensor) -> torch.Tensor:
+        _check_features(x, self.norm.normalized_shape[0], "x (the LM's hidden states)")
+        _check_features(media, self.cross_attn.context_dim, "media (visual latents)")
+        if len(media) != len(x):
+            raise ValueError(f"media must have the batch size of x ({len(x)}); got {len(media)}")
         y = self.cross_attn(self.norm(x), context=media)  # (B, T, C): each word reads the image
         x = x + self.attn_gate.tanh() * y  # y = x + tanh(α)·xattn(x)
         x = x + self.ff_gate.tanh() * self.ff(x)  # x + tanh(α_dense)·FFW(x)

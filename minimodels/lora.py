@@ -31,6 +31,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from minimodels._checks import check_device, check_finite
+
 __all__ = [
     "LoRALinear",
     "apply_lora",
@@ -119,6 +121,10 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor (..., {self.in_features}); got {type(x)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor; got dtype {x.dtype}")
+        check_device(x, "x", self.lora_A.weight.device)
+        check_finite(x, "x")
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"x must have last dimension in_features={self.in_features}; "
@@ -126,7 +132,10 @@ class LoRALinear(nn.Module):
             )
         y = self.base_layer(x)  # W x + b: (..., d_out)
         h = self.lora_A(self.lora_dropout(x))  # A x: (..., r), the low-rank bottleneck
-        return y + self.lora_B(h) * self.scaling  # y = W x + b + (alpha/r) · B A x
+        out = y + self.lora_B(h) * self.scaling  # y = W x + b + (alpha/r) · B A x
+        if not torch.isfinite(out).all():
+            raise ValueError(f"x holds values too large for {x.dtype}: the layer overflowed")
+        return out
 
     @torch.no_grad()
     def merge(self) -> nn.Linear:

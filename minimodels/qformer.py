@@ -96,6 +96,11 @@ class QFormer(nn.Module):
         c = self.config
         _check_features(image_embeds, c.encoder_hidden_size, "image_embeds")
         image = self.layernorm_image(image_embeds.to(self.query_tokens.device))  # (B, N, D)
+        if not torch.isfinite(image).all():
+            raise ValueError(
+                "image_embeds overflowed in the layer norm: values too large for "
+                f"{image_embeds.dtype} (max |x| = {image_embeds.abs().max().item():.3g})"
+            )
         z = self.query_tokens.expand(len(image), -1, -1)  # (B, Q, H): the same Q for every image
         maps = []
         for layer in self.layers:

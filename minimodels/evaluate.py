@@ -25,10 +25,19 @@ def evaluate_clip(seed: int, n: int, device=None) -> dict:
     return evaluate_clip(load_pretrained(device=device), seed=seed, n=n)
 
 
+def evaluate_ddpm(seed: int, n: int, device=None) -> dict:
+    # the unconditional U-Net (ddpm) and the text-to-image pipeline (ddpm-text); the
+    # seconds per image vary by machine and load
+    from minimodels.unet import evaluate_ddpm, load_pretrained, load_pretrained_text
+
+    return evaluate_ddpm(load_pretrained(device), load_pretrained_text(device), seed=seed, n=n)
+
+
 # name -> function(seed, n, device) returning a dict of metrics
 EVALUATORS = {
     "judge": evaluate_judge,
     "clip": evaluate_clip,
+    "ddpm": evaluate_ddpm,
 }
 
 

@@ -58,10 +58,26 @@ def pretrain_dit(steps: int, seed: int, device=None):
     return train_latent_dit(vae, clip, steps=steps, seed=seed, device=device)
 
 
+def pretrain_ddpm(steps: int, seed: int, device=None):
+    # unconditional U-Net (16/32/64 channels) on 20×20 scenes of one large object
+    from minimodels.unet import train_unet
+
+    return train_unet(steps=steps, batch_size=32, seed=seed, lr=2e-3, device=device)
+
+
+def pretrain_ddpm_text(steps: int, seed: int, device=None):
+    # the same U-Net with cross-attention to the frozen CLIP text tower, 15 % empty prompts
+    from minimodels.unet import train_unet
+
+    return train_unet(steps=steps, batch_size=32, seed=seed, lr=2e-3, text=True, device=device)
+
+
 # name -> (function(steps, seed, device) -> (model, loss history), default steps)
 RECIPES = {
     "judge": (pretrain_judge, 300),
     "clip": (pretrain_clip, 3000),
+    "ddpm": (pretrain_ddpm, 1500),
+    "ddpm-text": (pretrain_ddpm_text, 1500),
     "latent": (pretrain_latent, 4096),
     "dit": (pretrain_dit, 4000),
     "gpt": (pretrain_gpt, 2000),

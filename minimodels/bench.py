@@ -2,6 +2,7 @@
 
     python -m minimodels.bench shapeworld     # rendering speed (images/s, one core)
     python -m minimodels.bench notebooks      # each notebook's run time, median of 3
+    python -m minimodels.bench models         # training and sampling speed of each model
     python -m minimodels.bench all            # everything, into one JSON file
 
 Results are printed and written as JSON (``--out``, default ``bench_results/NAME.json``).
@@ -90,6 +91,77 @@ def bench_notebooks(repeats: int = 3, pattern: str = "*.ipynb") -> dict:
     return out
 
 
+def _marginal_rate(train, batch_size: int, short: int = 4, long: int = 16) -> float:
+    """Training samples per second, set-up excluded: time `long` and `short` steps, divide."""
+    times = {}
+    for steps in (short, long):
+        start = time.perf_counter()
+        train(steps)
+        times[steps] = time.perf_counter() - start
+    return round((long - short) * batch_size / max(times[long] - times[short], 1e-9), 1)
+
+
+def _rate(fn, items: int) -> float:
+    """Items per second of one call of ``fn`` (after one warm-up call)."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    return round(items / (time.perf_counter() - start), 2)
+
+
+def bench_models() -> dict:
+    """Samples per second of each model's training step and of its sampler, on this machine."""
+    import torch
+
+    import minimodels
+    from minimodels import clip, dalle, gpt, judge, llava, unet, vilbert, vilt
+    from minimodels import shapeworld as sw
+
+    quiet = {"progress": False, "device": "cpu"}
+    out = {"training_samples_per_s": {}, "sampler": {}}
+    train = out["training_samples_per_s"]
+    train["judge"] = _marginal_rate(lambda n: judge.train_judge(n, 128, **quiet), 128)
+    train["clip"] = _marginal_rate(
+        lambda n: clip.train_clip(n, 128, config=clip.CLIPConfig(patch_size=2), **quiet), 128
+    )
+    train["vilbert"] = _marginal_rate(lambda n: vilbert.train_vilbert(n, 0, 64, **quiet), 64)
+    train["vilt"] = _marginal_rate(lambda n: vilt.train_vilt(n, 64, **quiet), 64)
+    train["dvae"] = _marginal_rate(lambda n: dalle.train_dvae(n, 64, **quiet), 64)
+    dvae = dalle.load_dvae(device="cpu")
+    train["dalle_prior"] = _marginal_rate(
+        lambda n: dalle.train_prior(dvae, n, 64, n_data=2000, **quiet), 64
+    )
+    train["ddpm"] = _marginal_rate(lambda n: unet.train_unet(n, 32, **quiet), 32)
+    train["ddpm_text"] = _marginal_rate(lambda n: unet.train_unet(n, 32, text=True, **quiet), 32)
+    train["gpt"] = _marginal_rate(lambda n: gpt.train_gpt(n, 64, **quiet), 64)
+
+    sampler = out["sampler"]
+    torch.manual_seed(0)
+    pipe = dalle.load_pretrained(device="cpu")
+    sampler["dalle_images_per_s"] = _rate(
+        lambda: pipe.generate(["a red circle"], n_per_prompt=16, seed=0), 16
+    )
+    ddpm = unet.load_pretrained(device="cpu")
+    sampler["ddpm_ddim50_images_per_s"] = _rate(
+        lambda: unet.generate_unconditional(ddpm, num_images=64, num_inference_steps=50), 64
+    )
+    text = unet.load_pretrained_text(device="cpu")
+    sampler["ddpm_text_ddim50_images_per_s"] = _rate(
+        lambda: text.generate(["a red circle"] * 16, num_inference_steps=50), 16
+    )
+    lm = minimodels.pretrained("gpt", device="cpu")
+    ids = torch.full((16, 4), 5, dtype=torch.long)
+    sampler["gpt_tokens_per_s"] = _rate(lambda: lm.generate(ids, max_new_tokens=20), 16 * 20)
+    vlm = llava.load_pretrained(device="cpu")
+    images, _ = sw.generate("test", n=16, seed=0)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
+    prompts = ["<image> how many shapes are there?"] * 16
+    sampler["llava_answers_per_s"] = _rate(
+        lambda: vlm.generate(pixels, prompts, max_new_tokens=4), 16
+    )
+    return out
+
+
 def write_runtime_table(results: dict, machine_info: dict, folder: Path = GENERATED) -> Path:
     """Merge ``results`` (bench_notebooks' output) into the book's table of notebook run times."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -137,7 +209,7 @@ def main(argv=None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("what", choices=["shapeworld", "notebooks", "all"])
+    parser.add_argument("what", choices=["shapeworld", "notebooks", "models", "all"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pattern", default="*.ipynb", help="which notebooks (glob)")
     parser.add_argument("--out", type=Path, default=None)
@@ -150,6 +222,8 @@ def main(argv=None) -> int:
     if args.what in ("notebooks", "all"):
         result["notebooks"] = bench_notebooks(args.repeats, args.pattern)
         print(f"wrote {write_runtime_table(result['notebooks'], result['machine'])}")
+    if args.what in ("models", "all"):
+        result["models"] = bench_models()
     if args.what == "all":
         from minimodels.evaluate import EVALUATORS, evaluate
 

@@ -166,3 +166,28 @@ def test_shipped_autoencoder_keeps_what_the_judge_reads():
     got = [{(o["color"], o["shape"]) for o in r["objects"]} for r in read]
     accuracy = sum(t == g for t, g in zip(truth, got)) / len(truth)
     assert accuracy >= 0.85, f"the judge reads {accuracy:.2f} of the reconstructions right"
+
+
+@pytest.mark.skipif(
+    not weights_path("dit").with_suffix(".safetensors").exists(), reason="no shipped DiT"
+)
+def test_shipped_latent_dit_follows_the_colour_of_the_prompt_with_guidance():
+    import minimodels
+    from minimodels.diffusion import DDIMScheduler
+    from minimodels.judge import COLOR_CLASSES
+    from minimodels.latent import load_pipeline
+    from minimodels.metrics import cell_confidence
+
+    pipe, judge = load_pipeline(scheduler=DDIMScheduler()), minimodels.pretrained("judge")
+    pairs = sw.TRAIN_PAIRS[::2]  # 12 colour-shape pairs, every colour
+    prompts = [f"a {c} {s}" for c, s in pairs]
+
+    def colour_agreement(w):
+        images = pipe(prompts, num_inference_steps=20, guidance_scale=w,
+                      generator=torch.Generator().manual_seed(5))  # fmt: skip
+        conf, color, _, _ = cell_confidence(images, judge)
+        best = color[torch.arange(len(conf)), conf.argmax(1)]
+        return sum(COLOR_CLASSES[i] == c for i, (c, _) in zip(best.tolist(), pairs)) / len(pairs)
+
+    unguided, guided = colour_agreement(0.0), colour_agreement(7.0)
+    assert guided >= 0.6 and guided > unguided + 0.3, (unguided, guided)

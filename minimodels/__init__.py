@@ -23,6 +23,7 @@ _PRETRAINED = {
     "ddpm": ("minimodels.unet", "load_pretrained"),
     "ddpm-text": ("minimodels.unet", "load_pretrained_text"),
     "gpt": ("minimodels.gpt", "load_pretrained"),
+    "llava": ("minimodels.llava", "load_pretrained"),
 }
 
 

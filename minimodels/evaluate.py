@@ -33,10 +33,19 @@ def evaluate_ddpm(seed: int, n: int, device=None) -> dict:
     return evaluate_ddpm(load_pretrained(device), load_pretrained_text(device), seed=seed, n=n)
 
 
+def evaluate_llava(seed: int, n: int, device=None) -> dict:
+    # the stage-2 model, the stage-1 model and the blind LM, all from `pretrain llava`
+    from minimodels.llava import evaluate_llava, load_blind, load_pretrained
+
+    model, stage1 = load_pretrained(device), load_pretrained(device, name="llava_stage1")
+    return evaluate_llava(model, stage1, load_blind(device), seed=seed, n=n)
+
+
 # name -> function(seed, n, device) returning a dict of metrics
 EVALUATORS = {
     "judge": evaluate_judge,
     "clip": evaluate_clip,
+    "llava": evaluate_llava,
     "ddpm": evaluate_ddpm,
 }
 

@@ -72,6 +72,21 @@ def pretrain_ddpm_text(steps: int, seed: int, device=None):
     return train_unet(steps=steps, batch_size=32, seed=seed, lr=2e-3, text=True, device=device)
 
 
+def pretrain_llava(steps: int, seed: int, device=None):
+    # from the shipped clip and gpt: stage 1 (projector, steps // 5), stage 2 (projector + LM,
+    # `steps`), the blind baseline (steps // 3); the stage-1 model and the blind LM are written
+    # beside the weights as llava_stage1.* and llava_blind.*
+    from minimodels.llava import save_companions, train_llava
+
+    model, stage1, blind, history = train_llava(
+        stage1_steps=steps // 5, stage2_steps=steps, blind_steps=steps // 3, seed=seed,
+        device=device,
+    )  # fmt: skip
+    save_companions(stage1, blind, command=f"python -m minimodels.pretrain llava --steps "
+                    f"{steps} --seed {seed}")  # fmt: skip
+    return model, history
+
+
 # name -> (function(steps, seed, device) -> (model, loss history), default steps)
 RECIPES = {
     "judge": (pretrain_judge, 300),
@@ -81,6 +96,7 @@ RECIPES = {
     "latent": (pretrain_latent, 4096),
     "dit": (pretrain_dit, 4000),
     "gpt": (pretrain_gpt, 2000),
+    "llava": (pretrain_llava, 1000),
 }
 
 

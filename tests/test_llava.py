@@ -1,0 +1,253 @@
+"""LLaVA: the projector, the <image> merge against transformers' LLaVA, the processor and its
+labels, the two stages' trainable parameters, the instruction data, bad input, and the
+shipped model answering with and without the image."""
+
+import numpy as np
+import pytest
+import torch
+
+import minimodels
+from minimodels import llava
+from minimodels import shapeworld as sw
+from minimodels.clip import CLIPConfig
+from minimodels.gpt import GPTConfig
+from minimodels.llava import (
+    IGNORE_INDEX,
+    TOKENIZER,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProjector,
+    merge_image_features,
+)
+
+TINY = LlavaConfig(
+    vision_config=CLIPConfig(patch_size=4, vision_width=16, vision_layers=2, text_width=16,
+                             text_layers=1, embed_dim=16),
+    text_config=GPTConfig(n_embd=32, n_layer=1, n_head=4),
+    pool=2,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return LlavaForConditionalGeneration(TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def data():
+    images, scenes = sw.generate("test", 4, seed=2)
+    return torch.from_numpy(images).permute(0, 3, 1, 2), scenes
+
+
+# ---- the merge, against transformers -----------------------------------------------------
+
+
+def test_merge_matches_transformers_llava():
+    tf = pytest.importorskip("transformers")
+    vc = tf.CLIPVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=8,
+        patch_size=4,
+    )
+    tc = tf.LlamaConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=40,
+    )
+    config = tf.LlavaConfig(
+        vision_config=vc,
+        text_config=tc,
+        image_token_id=7,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(0)
+    hf = tf.LlavaForConditionalGeneration(config).eval()  # fmt: skip
+    captured = {}
+    hf.model.language_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: captured.update(e=kwargs["inputs_embeds"].clone()),
+        with_kwargs=True,
+    )
+    # two rows, three images of 4 patches each; row 0 holds two images
+    ids = torch.tensor([[1, 7, 7, 7, 7, 3, 7, 7, 7, 7, 4], [2, 3, 7, 7, 7, 7, 5, 6, 8, 9, 10]])
+    pixel_values = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        hf(input_ids=ids, pixel_values=pixel_values)
+        out = hf.model.get_image_features(
+            pixel_values=pixel_values, vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+        )  # fmt: skip
+        features = torch.stack(list(out.pooler_output))  # (3, 4, 16): [CLS] dropped, projected
+        ours = merge_image_features(hf.get_input_embeddings()(ids), ids, features, 7)
+    torch.testing.assert_close(ours, captured["e"], rtol=0, atol=0)
+    # and one feature too few is refused, by both
+    with pytest.raises(ValueError, match="do not match"):
+        merge_image_features(hf.get_input_embeddings()(ids), ids, features[:, :3], 7)
+
+
+def test_merge_fills_in_reading_order_and_leaves_text_alone():
+    emb = torch.zeros(2, 4, 3)
+    ids = torch.tensor([[5, 9, 9, 5], [9, 9, 5, 5]])
+    feats = torch.arange(12.0).view(2, 2, 3)  # image 0: rows 0-1, image 1: rows 2-3
+    out = merge_image_features(emb, ids, feats, image_token_id=9)
+    torch.testing.assert_close(out[0, 1:3], feats[0])
+    torch.testing.assert_close(out[1, 0:2], feats[1])
+    assert out[ids == 5].abs().sum() == 0 and emb.abs().sum() == 0  # input untouched
+    with pytest.raises(ValueError, match="width"):
+        merge_image_features(emb, ids, torch.zeros(2, 2, 4), 9)
+
+
+# ---- projector, processor, labels ----------------------------------------------------------
+
+
+def test_projector_linear_is_w_z_and_mlp_is_two_layers():
+    torch.manual_seed(0)
+    z = torch.randn(2, 5, 8)
+    lin = LlavaProjector(8, 12, kind="linear")
+    torch.testing.assert_close(lin(z), z @ lin.linear_1.weight.T + lin.linear_1.bias)
+    mlp = LlavaProjector(8, 12, kind="mlp")
+    expected = mlp.linear_2(torch.nn.functional.gelu(mlp.linear_1(z)))
+    torch.testing.assert_close(mlp(z), expected)
+    assert mlp(z).shape == (2, 5, 12)
+    with pytest.raises(ValueError, match="kind"):
+        LlavaProjector(8, 12, kind="conv")
+    with pytest.raises(ValueError, match="vision_dim=8"):
+        lin(torch.randn(2, 5, 7))
+
+
+def test_processor_expands_image_and_labels_only_answers(tiny, data):
+    images, _ = data
+    proc = tiny.processor
+    n = TINY.num_image_tokens
+    inputs = proc(["<bos> user: <image> what color is the circle? assistant:"], images[:1])
+    assert int((inputs["input_ids"] == TOKENIZER.image_token_id).sum()) == n
+    ids, labels = proc.conversation([("how many shapes are there?", "two"), ("and red?", "one")])
+    ids, labels = torch.tensor(ids), torch.tensor(labels)
+    assert (labels[ids == TOKENIZER.image_token_id] == IGNORE_INDEX).all()
+    trained = TOKENIZER.decode(labels[labels != IGNORE_INDEX], skip_special_tokens=False)
+    assert trained == "two <eos> one <eos>"
+    batch = proc.training_batch([[("q?", "yes")], [("a longer question?", "no")]])
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize(
+    "prompt, words",
+    [
+        ("what color is the circle?", "exactly one <image>"),
+        ("<image> <image> what color?", "exactly one <image>"),
+        ("  ", "empty"),
+        ("<image>", "empty"),
+    ],
+)
+def test_generate_rejects_bad_prompts(tiny, data, prompt, words):
+    with pytest.raises(ValueError, match=words):
+        tiny.generate(data[0][:1], [prompt])
+
+
+def test_generate_rejects_bad_images_and_lengths(tiny, data):
+    images, _ = data
+    with pytest.raises(ValueError, match="32×32"):
+        tiny.generate(torch.zeros(1, 3, 16, 16, dtype=torch.uint8), ["<image> what?"])
+    with pytest.raises(ValueError, match="one image per prompt"):
+        tiny.generate(images[:2], ["<image> what?"])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        tiny.generate(images[:1], ["<image> what?"], max_new_tokens=0)
+    with pytest.raises(ValueError, match="<image> tokens but no pixel_values"):
+        tiny(torch.tensor([[TOKENIZER.image_token_id, 5]]))
+
+
+def test_stages_train_the_right_parameters(tiny):
+    proj = sum(p.numel() for p in tiny.multi_modal_projector.parameters())
+    lm = sum(p.numel() for p in tiny.language_model.parameters())
+    llava.set_stage(tiny, 1)
+    assert llava.count_trainable(tiny) == proj
+    llava.set_stage(tiny, 2)
+    assert llava.count_trainable(tiny) == proj + lm
+    assert not any(p.requires_grad for p in tiny.vision_tower.parameters())
+    llava.set_stage(tiny, 1)
+
+
+def test_image_reaches_the_loss_only_through_the_projector(tiny, data):
+    images, scenes = data
+    batch = tiny.processor.training_batch([[("what is it?", s["caption"])] for s in scenes[:2]])
+    loss = tiny(**batch, pixel_values=images[:2]).loss
+    other = tiny(**batch, pixel_values=images[2:4]).loss
+    assert loss.item() != other.item()  # the answer's likelihood depends on the image
+    llava.set_stage(tiny, 1)
+    loss.backward()
+    assert tiny.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tiny.language_model.parameters())
+    tiny.zero_grad(set_to_none=True)
+
+
+# ---- instruction data --------------------------------------------------------------------
+
+
+def test_reasoning_answers_follow_the_scene():
+    scene = sw.make_scene(
+        [
+            {"shape": "circle", "color": "red", "size": "small", "position": "top left"},
+            {"shape": "square", "color": "blue", "size": "large", "position": "bottom right"},
+        ]
+    )
+    answers = {}
+    for k in range(40):
+        (q, a), = llava.reasoning(scene, np.random.default_rng(k))  # fmt: skip
+        answers[q] = a
+    removal = [a for q, a in answers.items() if "were removed" in q]
+    assert removal and set(removal) == {"one"}  # two shapes, one removed
+    for q, a in answers.items():
+        if "nearer the top" in q or "nearer the left" in q:
+            assert a == "the red circle", q
+        if "nearer the bottom" in q or "larger" in q:
+            assert a == "the blue square", q
+    assert any("larger" in q for q in answers)
+    for kind in llava.RESPONSE_TYPES:
+        turns = llava.instruction_data(scene, kind, np.random.default_rng(0))
+        assert turns and all(isinstance(q, str) and isinstance(a, str) for q, a in turns)
+    with pytest.raises(ValueError, match="kind"):
+        llava.instruction_data(scene, "poetry", np.random.default_rng(0))
+
+
+def test_pairs_in_text_reads_colour_shape_pairs():
+    assert llava.pairs_in_text("a small red circle on the left, a large blue cross") == {
+        ("red", "circle"),
+        ("blue", "cross"),
+    }
+
+
+# ---- the shipped model -------------------------------------------------------------------
+
+
+def test_shipped_llava_sees_the_image_and_the_blind_lm_does_not():
+    model = minimodels.pretrained("llava")
+    blind = llava.load_blind()
+    images, scenes, qa = llava._test_set(seed=123, n=120)
+    acc = llava.vqa_accuracy(model, images, qa)
+    blind_answers = llava.answer_blind(blind, [q for q, _ in qa])
+    blind_acc = float(np.mean([a == g for a, (_, g) in zip(blind_answers, qa)]))
+    assert acc > blind_acc + 0.05, (acc, blind_acc)
+    # colour questions cannot be answered without looking: the blind LM can only guess
+    color_qa = [
+        next((q, a) for q, a in zip(s["questions"], s["answers"]) if q.startswith("what color"))
+        for s in scenes
+        if any(q.startswith("what color") for q in s["questions"])
+    ][:60]
+    keep = [
+        i for i, s in enumerate(scenes) if any(q.startswith("what color") for q in s["questions"])
+    ]
+    color_acc = llava.vqa_accuracy(model, images[keep[:60]], color_qa)
+    blind_color = llava.answer_blind(blind, [q for q, _ in color_qa])
+    blind_color_acc = float(np.mean([a == g for a, (_, g) in zip(blind_color, color_qa)]))
+    assert color_acc >= 0.6 and blind_color_acc <= 0.4, (color_acc, blind_color_acc)
+    prompt = ["<image> describe the image in detail."] * 2
+    s1 = model.generate(images[:2], prompt, do_sample=True, temperature=1.0, seed=3)
+    s2 = model.generate(images[:2], prompt, do_sample=True, temperature=1.0, seed=3)
+    assert s1 == s2  # sampling is repeatable with a seed

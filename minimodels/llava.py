@@ -346,7 +346,8 @@ class LlavaForConditionalGeneration(nn.Module):
         """input_ids (B, T) with N <image> tokens per image (from LlavaProcessor);
         pixel_values (num_images, 3, H, W), or vision_features (num_images, N, D) already
         computed by the frozen tower (cached during training). No image: a plain LM."""
-        input_ids = input_ids.to(self.device)
+        vocab = self.config.text_config.vocab_size
+        input_ids = gpt_module._check_ids(input_ids, "input_ids", vocab).to(self.device)
         inputs_embeds = self.get_input_embeddings()(input_ids)  # H_q = E[X_q]: (B, T, C)
         if pixel_values is not None or vision_features is not None:
             image_features = self.get_image_features(pixel_values, vision_features)  # (I, N, C)
@@ -357,7 +358,11 @@ class LlavaForConditionalGeneration(nn.Module):
             raise ValueError("input_ids hold <image> tokens but no pixel_values were given")
         out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
         if labels is not None:
-            out.loss = causal_lm_loss(out.logits, labels.to(self.device))
+            if not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape:
+                got = getattr(labels, "shape", type(labels).__name__)
+                raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}"
+                                 f" (−100 = no loss); got {got}")  # fmt: skip
+            out.loss = causal_lm_loss(out.logits, labels.to(self.device).long())
         return out
 
     @torch.no_grad()

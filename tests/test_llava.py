@@ -159,6 +159,10 @@ def test_generate_rejects_bad_images_and_lengths(tiny, data):
         tiny.generate(images[:2], ["<image> what?"])
     with pytest.raises(ValueError, match="max_new_tokens"):
         tiny.generate(images[:1], ["<image> what?"], max_new_tokens=0)
+    with pytest.raises(ValueError, match="labels must have the shape"):
+        tiny(torch.tensor([[5, 6]]), labels=torch.tensor([[5]]))
+    with pytest.raises(TypeError, match="input_ids"):
+        tiny([[5, 6]])
     with pytest.raises(ValueError, match="<image> tokens but no pixel_values"):
         tiny(torch.tensor([[TOKENIZER.image_token_id, 5]]))
 

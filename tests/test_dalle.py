@@ -256,3 +256,16 @@ def test_check_gumbel_softmax():
     for wrong in (no_noise, no_tau, wrong_noise):
         with pytest.raises(AssertionError):
             dalle.check_gumbel_softmax(wrong)
+
+
+def test_shipped_dvae_meets_the_bars_on_a_fresh_seed():
+    model = dalle.load_dvae(device="cpu")
+    metrics = dalle.evaluate_dvae(model, seed=12345, n=300)
+    assert metrics["psnr"] >= 24, metrics
+    assert metrics["codebook_perplexity"] >= metrics["codebook_size"] / 4, metrics
+
+
+def test_shipped_pipeline_loads_and_generates():
+    pipe = dalle.load_pretrained(device="cpu")
+    images = pipe.generate(["a red circle"], n_per_prompt=2, seed=0)
+    assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1

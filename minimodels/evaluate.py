@@ -41,10 +41,27 @@ def evaluate_llava(seed: int, n: int, device=None) -> dict:
     return evaluate_llava(model, stage1, load_blind(device), seed=seed, n=n)
 
 
+def evaluate_dvae(seed: int, n: int, device=None) -> dict:
+    from minimodels.dalle import evaluate_dvae, load_dvae
+
+    return evaluate_dvae(load_dvae(device=device), seed=seed, n=n)
+
+
+def evaluate_dalle(seed: int, n: int, device=None) -> dict:
+    # n prompts per metric; the shipped judge reads the samples, the shipped CLIP re-ranks 8
+    from minimodels import clip, judge
+    from minimodels.dalle import evaluate_dalle, load_pretrained
+
+    pipe, reader = load_pretrained(device=device), judge.load_pretrained(device=device)
+    return evaluate_dalle(pipe, reader, clip.load_pretrained(device=device), seed=seed, n=n)
+
+
 # name -> function(seed, n, device) returning a dict of metrics
 EVALUATORS = {
     "judge": evaluate_judge,
     "clip": evaluate_clip,
+    "dvae": evaluate_dvae,
+    "dalle": evaluate_dalle,
     "llava": evaluate_llava,
     "ddpm": evaluate_ddpm,
 }

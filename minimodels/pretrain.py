@@ -87,10 +87,30 @@ def pretrain_llava(steps: int, seed: int, device=None):
     return model, history
 
 
+def pretrain_dvae(steps: int, seed: int, device=None):
+    # 32×32 -> 8×8 codes, K = 128; Gumbel-softmax with τ from 1 to 1/16 (see dalle.train_dvae)
+    from minimodels.dalle import DVAEConfig, train_dvae
+
+    return train_dvae(
+        steps=steps, batch_size=32, seed=seed, config=DVAEConfig(codebook_size=128, hidden=32),
+        beta=0.0, diversity=0.05, device=device,
+    )  # fmt: skip
+
+
+def pretrain_dalle(steps: int, seed: int, device=None):
+    # the prior over [text, <soi>, 64 codes of the shipped dVAE]; 75 % single-object scenes
+    from minimodels.dalle import load_dvae, train_prior
+
+    return train_prior(load_dvae(device=device), steps=steps, batch_size=32, seed=seed,
+                       n_data=20_000, device=device)  # fmt: skip
+
+
 # name -> (function(steps, seed, device) -> (model, loss history), default steps)
 RECIPES = {
     "judge": (pretrain_judge, 300),
     "clip": (pretrain_clip, 3000),
+    "dvae": (pretrain_dvae, 2000),
+    "dalle": (pretrain_dalle, 700),
     "ddpm": (pretrain_ddpm, 1500),
     "ddpm-text": (pretrain_ddpm_text, 1500),
     "latent": (pretrain_latent, 4096),

@@ -18,6 +18,8 @@ __version__ = "0.1.0"
 _PRETRAINED = {
     "judge": ("minimodels.judge", "load_pretrained"),
     "clip": ("minimodels.clip", "load_pretrained"),
+    "vilbert": ("minimodels.vilbert", "load_pretrained"),
+    "vilt": ("minimodels.vilt", "load_pretrained"),
     "dvae": ("minimodels.dalle", "load_dvae"),
     "dalle": ("minimodels.dalle", "load_pretrained"),
     "latent": ("minimodels.latent", "load_pretrained"),

@@ -56,10 +56,23 @@ def evaluate_dalle(seed: int, n: int, device=None) -> dict:
     return evaluate_dalle(pipe, reader, clip.load_pretrained(device=device), seed=seed, n=n)
 
 
+def evaluate_vilbert(seed: int, n: int, device=None) -> dict:
+    # the shipped CLIP and ViLT are judged on the same hard-negative pairs; the retrieval
+    # timings (seconds, dual encoder vs fusion, one query over 1000 images) vary by machine
+    from minimodels import clip, vilt
+    from minimodels.vilbert import evaluate_vilbert, load_pretrained, retrieval_timing
+
+    model, clip_model = load_pretrained(device=device), clip.load_pretrained(device=device)
+    out = evaluate_vilbert(model, seed, n, clip_model, vilt.load_pretrained(device=device))
+    out["retrieval"] = retrieval_timing(model, clip_model, gallery=1000, seed=seed)
+    return out
+
+
 # name -> function(seed, n, device) returning a dict of metrics
 EVALUATORS = {
     "judge": evaluate_judge,
     "clip": evaluate_clip,
+    "vilbert": evaluate_vilbert,
     "dvae": evaluate_dvae,
     "dalle": evaluate_dalle,
     "llava": evaluate_llava,

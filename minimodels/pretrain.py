@@ -105,10 +105,27 @@ def pretrain_dalle(steps: int, seed: int, device=None):
                        n_data=20_000, device=device)  # fmt: skip
 
 
+def pretrain_vilbert(steps: int, seed: int, device=None):
+    # `steps` of pre-training (masked words, masked regions, alignment), then steps // 2 of
+    # VQA fine-tuning with the pre-training losses still on (see train_vilbert).
+    from minimodels.vilbert import train_vilbert
+
+    return train_vilbert(steps=steps, vqa_steps=steps // 2, seed=seed, device=device)
+
+
+def pretrain_vilt(steps: int, seed: int, device=None):
+    # the single-stream comparison for ViLBERT: alignment + masked words on the same batches
+    from minimodels.vilt import train_vilt
+
+    return train_vilt(steps=steps, seed=seed, device=device)
+
+
 # name -> (function(steps, seed, device) -> (model, loss history), default steps)
 RECIPES = {
     "judge": (pretrain_judge, 300),
     "clip": (pretrain_clip, 3000),
+    "vilbert": (pretrain_vilbert, 900),
+    "vilt": (pretrain_vilt, 700),
     "dvae": (pretrain_dvae, 2000),
     "dalle": (pretrain_dalle, 700),
     "ddpm": (pretrain_ddpm, 1500),

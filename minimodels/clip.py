@@ -553,9 +553,13 @@ def train_clip(
     short_captions: float = 0.5,
     progress: bool = True,
     device=None,
+    time_budget: float | None = None,
 ) -> tuple[CLIP, list[float]]:
     """Train CLIP from scratch on ShapeWorld `train`. Returns the model (in eval mode) and the
     loss of every step.
+
+    time_budget: stop after this many seconds even when fewer than `steps` steps have run (a
+    cap for live runs in a notebook; the learning-rate schedule is still laid out over `steps`).
 
     short_captions: the share of scenes captioned with a bare object list ('a red circle and
     a blue cross', see `training_batch`). Without them zero-shot prompts such as "a photo of a
@@ -569,8 +573,8 @@ def train_clip(
     history = fit(
         model, clip_training_loss,
         lambda step: training_batch(step, batch_size, seed, short_captions=short_captions),
-        steps=steps, lr=lr, warmup=min(warmup, steps // 2), cosine=True, progress=progress,
-        desc="clip",
+        steps=steps, time_budget=time_budget, lr=lr, warmup=min(warmup, steps // 2), cosine=True,
+        progress=progress, desc="clip",
     )  # fmt: skip
     model.eval()
     return model, history

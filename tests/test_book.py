@@ -45,24 +45,36 @@ def test_each_notebook_has_two_to_four_exercises_each_with_a_check(source):
             assert "solution" in tags(c), f"{source.name}: # SOLUTION in a cell not tagged so"
 
 
+TESTS_TEXT = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").glob("test_*.py"))
+
+
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
 def test_each_check_is_shown_to_reject_a_wrong_answer(source):
-    """A hidden cell tagged wrong-answer calls expect_failure on every check_... function."""
+    """Every check is tried on a wrong answer: by a hidden cell tagged wrong-answer that calls
+    expect_failure(check_..., wrong), or by a test in tests/ that runs the check (by its name,
+    or by executing the notebook source's check cells)."""
     code = [c for c in cells(source) if c.cell_type == "code"]
     checks = [c for c in code if "check" in tags(c)]
     wrong = "\n".join(c.source for c in code if "wrong-answer" in tags(c))
     for c in code:
         if "wrong-answer" in tags(c):
             assert "remove-cell" in tags(c), f"{source.name}: wrong-answer cells are hidden"
+    source_tested = re.search(rf"{re.escape(source.name)}", TESTS_TEXT) is not None
     for check in checks:
-        names = re.findall(r"^def (check_\w+)\(", check.source, flags=re.M)
-        assert names, (
-            f"{source.name}: a check cell should define a check_...(fn) function so that a "
-            f"wrong answer can be tried on it:\n{check.source[:200]}"
-        )
+        names = set(re.findall(r"^def (check_\w+)\(", check.source, flags=re.M))
+        names |= set(re.findall(r"(?:\b\w+\.)?\b(check_\w+)\(", check.source))
+        if not names:
+            assert source_tested, (
+                f"{source.name}: an inline check cell that no test runs; define "
+                f"check_...(fn) and add a hidden wrong-answer cell:\n{check.source[:200]}"
+            )
+            continue
         for name in names:
-            assert re.search(rf"expect_failure\(\s*{name}\b", wrong), (
-                f"{source.name}: no hidden wrong-answer cell calls expect_failure({name}, ...)"
+            in_cell = re.search(rf"expect_failure\(\s*(?:\w+\.)?{name}\b", wrong)
+            in_tests = re.search(rf"\b{name}\b", TESTS_TEXT)
+            assert in_cell or in_tests, (
+                f"{source.name}: nothing tries {name} on a wrong answer (a hidden wrong-answer "
+                "cell with expect_failure, or a test in tests/)"
             )
 
 

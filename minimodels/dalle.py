@@ -43,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
+from minimodels._checks import check_device, check_int, check_tensor
 from minimodels.layers import TransformerBlock
 from minimodels.text import Tokenizer
 
@@ -77,6 +78,7 @@ def prepare_images(images, image_size: int) -> torch.Tensor:
         images = torch.from_numpy(np.ascontiguousarray(images))
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor (B, 3, H, W); got {type(images).__name__}")
+    check_device(images, "images", None)
     if images.ndim != 4 or images.shape[1] != 3:
         hint = " -- channels-last? use images.permute(0, 3, 1, 2)" if images.ndim == 4 else ""
         raise ValueError(
@@ -126,9 +128,18 @@ def gumbel_softmax(
     """
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise TypeError(f"logits must be a float tensor; got {type(logits).__name__}")
+    check_tensor(logits, "logits", floating=True)
+    if logits.ndim == 0:
+        raise ValueError("logits must have at least one dimension (the K categories)")
     tau = _check_positive(tau, "tau")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -logits.ndim <= dim < logits.ndim:
+        raise ValueError(f"dim must be an int in [{-logits.ndim}, {logits.ndim - 1}]; got {dim!r}")
+    if not isinstance(hard, bool):
+        raise TypeError(f"hard must be True or False; got {hard!r}")
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
     g = -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))  # g ~ Gumbel(0, 1)
+    # shifting by the max changes nothing in the softmax but keeps huge logits from overflowing
+    logits = logits - logits.amax(dim, keepdim=True).detach()
     y_soft = F.softmax((logits + g) / tau, dim=dim)  # y = softmax((logits + g) / τ)
     if not hard:
         return y_soft
@@ -142,12 +153,14 @@ def nearest_code(z_e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
     z_e (..., D), codebook (K, D) -> codes (...) int64.
     """
-    if z_e.shape[-1] != codebook.shape[-1]:
+    check_tensor(z_e, "z_e", floating=True)
+    check_tensor(codebook, "codebook", ndim=2, layout="(K, D)", floating=True)
+    if z_e.ndim < 1 or z_e.shape[-1] != codebook.shape[-1]:
         raise ValueError(
             f"z_e's last dimension must equal the codebook width {codebook.shape[-1]}; "
             f"got z_e {tuple(z_e.shape)}"
         )
-    flat = z_e.reshape(-1, z_e.shape[-1])  # (N, D)
+    flat = z_e.reshape(-1, z_e.shape[-1]).to(codebook.dtype)  # (N, D)
     # ‖z − e‖² = ‖z‖² − 2 z·e + ‖e‖²   (N, K)
     dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.T + codebook.pow(2).sum(1)
     return dist.argmin(1).view(z_e.shape[:-1])
@@ -263,6 +276,7 @@ class DVAE(nn.Module):
         c = self.config
         if not isinstance(codes, torch.Tensor):
             raise TypeError(f"codes must be a torch.Tensor (B, h, w); got {type(codes).__name__}")
+        check_device(codes, "codes", None)
         if codes.dtype.is_floating_point or codes.dtype == torch.bool or codes.is_complex():
             raise TypeError(f"codes must be an integer tensor; got {codes.dtype}")
         if codes.ndim != 3 or tuple(codes.shape[1:]) != (c.grid, c.grid):
@@ -393,12 +407,24 @@ def train_dvae(
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     """Peak signal-to-noise ratio in dB of images in [0, 1]: 10 log₁₀(1 / MSE)."""
-    mse = F.mse_loss(x.float(), y.float()).item()
+    check_tensor(x, "x")
+    check_tensor(y, "y")
+    if x.shape != y.shape:
+        raise ValueError(
+            f"x and y must have the same shape; got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    mse = F.mse_loss(x.double(), y.double()).item()
+    if not math.isfinite(mse):
+        raise ValueError("x and y must be images in [0, 1]; their difference overflowed")
     return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def codebook_perplexity(codes: torch.Tensor, codebook_size: int) -> float:
     """exp(H(p)) of the code usage p (how many codes are in effective use, at most K)."""
+    codebook_size = check_int(codebook_size, "codebook_size", 1, 1 << 20)
+    check_tensor(codes, "codes", floating=False)
+    if codes.min() < 0 or codes.max() >= codebook_size:
+        raise ValueError(f"codes must lie in [0, codebook_size={codebook_size})")
     counts = torch.bincount(codes.flatten().cpu(), minlength=codebook_size).float()
     p = counts / counts.sum()
     return math.exp(-(p[p > 0] * p[p > 0].log()).sum().item())
@@ -585,7 +611,7 @@ class DALLE:
             raise ValueError("prompts is empty: expected at least one prompt")
         if any(not isinstance(p, str) for p in prompts):
             raise TypeError("prompts must all be strings")
-        n_per_prompt = _check_int(n_per_prompt, "n_per_prompt", lo=1)
+        n_per_prompt = check_int(n_per_prompt, "n_per_prompt", 1, 10_000)
         temperature = _check_positive(temperature, "temperature")
         if top_k is not None:
             top_k = _check_int(top_k, "top_k", lo=1)

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from minimodels._checks import check_device, check_finite
+
 SCHEDULES = ("linear", "cosine")
 _ALIASES = {"squaredcos_cap_v2": "cosine"}  # diffusers' name for the cosine schedule
 
@@ -56,10 +58,14 @@ def _check_int(value, name: str, lo: int, hi: int) -> int:
 def _check_float_tensor(x, name: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a float torch.Tensor; got {type(x).__name__}")
+    check_device(x, name, None)
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a float tensor; got dtype {x.dtype}")
     if x.ndim == 0:
         raise ValueError(f"{name} must have a batch dimension (B, ...); got a 0-d tensor")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty; got shape {tuple(x.shape)}")
+    check_finite(x, name)
 
 
 def _check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
@@ -148,6 +154,8 @@ class DDPMScheduler:
         self.num_train_timesteps = _check_int(
             num_train_timesteps, "num_train_timesteps", 1, 100_000
         )
+        if not isinstance(beta_schedule, str):
+            raise TypeError(f"beta_schedule must be one of {SCHEDULES}; got {beta_schedule!r}")
         self.beta_schedule = _ALIASES.get(beta_schedule, beta_schedule)
         self.betas = make_betas(num_train_timesteps, beta_schedule, beta_start, beta_end)  # β_t
         self.alphas = 1.0 - self.betas  # α_t = 1 - β_t
@@ -169,30 +177,33 @@ class DDPMScheduler:
 
     # ---- checks -------------------------------------------------------------------------------
 
-    def _check_timesteps(self, timesteps, batch: int) -> torch.Tensor:
+    def _check_timesteps(self, timesteps, batch: int, name: str = "timesteps") -> torch.Tensor:
         """int, 0-d or (B,) integer tensor in [0, T-1] -> LongTensor (B,)."""
         T = self.num_train_timesteps
         if isinstance(timesteps, numbers.Integral) and not isinstance(timesteps, bool):
+            if not 0 <= timesteps <= T - 1:
+                raise ValueError(f"{name} must lie in [0, {T - 1}]; got {timesteps}")
             timesteps = torch.full((batch,), int(timesteps), dtype=torch.long)
         if not isinstance(timesteps, torch.Tensor):
             raise TypeError(
-                f"timesteps must be an int or an integer tensor (B,) in [0, {T - 1}]; got "
+                f"{name} must be an int or an integer tensor (B,) in [0, {T - 1}]; got "
                 f"{type(timesteps).__name__}"
             )
-        if timesteps.is_floating_point() or timesteps.dtype == torch.bool:
-            raise TypeError(f"timesteps must be integers in [0, {T - 1}]; got {timesteps.dtype}")
+        check_device(timesteps, name, None)
+        if timesteps.is_floating_point() or timesteps.dtype == torch.bool or timesteps.is_complex():
+            raise TypeError(f"{name} must be integers in [0, {T - 1}]; got {timesteps.dtype}")
         timesteps = timesteps.reshape(-1).long()
         if timesteps.numel() == 1:
             timesteps = timesteps.expand(batch)
         if timesteps.numel() != batch:
             raise ValueError(
-                f"timesteps must hold one step per sample (B={batch}) or a single step; got "
+                f"{name} must hold one step per sample (B={batch}) or a single step; got "
                 f"{timesteps.numel()}"
             )
         lo, hi = timesteps.min().item(), timesteps.max().item()
         if lo < 0 or hi >= T:
             raise ValueError(
-                f"timesteps must lie in [0, {T - 1}] (num_train_timesteps={T}); got values in "
+                f"{name} must lie in [0, {T - 1}] (num_train_timesteps={T}); got values in "
                 f"[{lo}, {hi}]"
             )
         return timesteps
@@ -222,7 +233,7 @@ class DDPMScheduler:
         _check_float_tensor(x_prev, "x_prev")
         _check_float_tensor(noise, "noise")
         _check_same_shape(x_prev, noise, "x_prev", "noise")
-        t = self._check_timesteps(t, x_prev.shape[0])
+        t = self._check_timesteps(t, x_prev.shape[0], "t")
         beta = _broadcast(self.betas.to(x_prev.device, x_prev.dtype)[t.to(x_prev.device)], x_prev)
         return (1 - beta) ** 0.5 * x_prev + beta**0.5 * noise  # q(x_t | x_{t-1})
 

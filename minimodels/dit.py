@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from minimodels._checks import check_device, check_finite
 from minimodels.layers import (
     MultiHeadAttention,
     PatchEmbedding,
@@ -199,9 +200,18 @@ class DiTTransformer2DModel(nn.Module):
             raise ValueError(f"sample must have shape {expected}; got {tuple(sample.shape)}")
         if sample.shape[0] == 0:
             raise ValueError("sample is an empty batch (B = 0)")
+        check_device(sample, "sample", self.device)
+        check_finite(sample, "sample")
+        if sample.abs().max() > 1e4:
+            raise ValueError(
+                "sample holds values beyond ±1e4; a diffusion sample is noise of scale ~1 "
+                f"(max |sample| = {sample.abs().max().item():.3g})"
+            )
 
     def _timesteps(self, timestep, B: int) -> torch.Tensor:
         if isinstance(timestep, numbers.Number) and not isinstance(timestep, bool):
+            if not (isinstance(timestep, numbers.Real) and 0 <= timestep < 1e6):
+                raise ValueError(f"timestep must be a number in [0, 1e6); got {timestep!r}")
             timestep = torch.tensor([timestep])
         if not isinstance(timestep, torch.Tensor):
             raise TypeError(
@@ -210,6 +220,7 @@ class DiTTransformer2DModel(nn.Module):
             )
         if timestep.dtype == torch.bool or timestep.is_complex():
             raise TypeError(f"timestep must be int or float; got dtype {timestep.dtype}")
+        check_device(timestep, "timestep", None)
         t = timestep.reshape(-1) if timestep.ndim == 0 else timestep
         if t.ndim != 1 or t.shape[0] not in (1, B):
             raise ValueError(

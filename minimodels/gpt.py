@@ -40,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
+from minimodels._checks import check_device
 from minimodels.layers import TransformerBlock
 from minimodels.text import Tokenizer
 
@@ -159,6 +160,7 @@ def _check_ids(x, name: str, vocab_size: int) -> torch.Tensor:
         raise ValueError(f"{name} must have shape (B, T) with B, T ≥ 1; got {tuple(x.shape)}")
     if x.dtype.is_floating_point or x.dtype == torch.bool or x.is_complex():
         raise TypeError(f"{name} must hold integer token ids; got dtype {x.dtype}")
+    check_device(x, name, None)
     lo, hi = x.min().item(), x.max().item()
     if lo < 0 or hi >= vocab_size:
         raise ValueError(
@@ -251,7 +253,16 @@ class GPT(nn.Module):
         if labels is not None:
             if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (B, T):
                 got = getattr(labels, "shape", type(labels).__name__)
-                raise ValueError(f"labels must have shape {(B, T)} (−100 = ignore); got {got}")
+                raise ValueError(
+                    f"labels must have the shape of input_ids {(B, T)} (−100 = ignore); got {got}"
+                )
+            check_device(labels, "labels", None)
+            if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+                raise TypeError(f"labels must hold integer token ids; got {labels.dtype}")
+            if ((labels < 0) & (labels != -100)).any() or (labels >= self.config.vocab_size).any():
+                raise ValueError(
+                    f"labels must be token ids in [0, {self.config.vocab_size}) or -100 (ignore)"
+                )
             loss = causal_lm_loss(logits, labels.to(self.device).long())
         return CausalLMOutput(loss=loss, logits=logits)
 
@@ -336,14 +347,14 @@ class GPT(nn.Module):
 def _check_generation_args(max_new_tokens, do_sample, temperature, top_k, seed) -> None:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
         raise TypeError(f"max_new_tokens must be an int ≥ 1; got {max_new_tokens!r}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be ≥ 1; got {max_new_tokens}")
+    if not 1 <= max_new_tokens <= 10_000:
+        raise ValueError(f"max_new_tokens must be in [1, 10000]; got {max_new_tokens}")
     if not isinstance(do_sample, bool):
         raise TypeError(f"do_sample must be a bool; got {do_sample!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature must be a positive number; got {temperature!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}")
+    if not 0 < temperature < float("inf"):
+        raise ValueError(f"temperature must be a finite number > 0; got {temperature}")
     if top_k is not None and (
         isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1
     ):

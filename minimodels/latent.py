@@ -44,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
+from minimodels._checks import check_device, check_finite
 from minimodels.dit import DiTConfig, DiTTransformer2DModel
 from minimodels.layers import patchify, unpatchify
 
@@ -144,6 +145,8 @@ class Autoencoder(nn.Module):
             raise TypeError(f"{name} must be a float tensor {expected}; got {x.dtype}{hint}")
         if x.ndim != 4 or tuple(x.shape[1:]) != shape or x.shape[0] == 0:
             raise ValueError(f"{name} must have shape {expected}; got {tuple(x.shape)}")
+        check_device(x, name, None)
+        check_finite(x, name)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """images float (B, 3, H, W) in [-1, 1] -> latents z (B, 16, H/4, W/4)."""

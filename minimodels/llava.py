@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from minimodels import gpt as gpt_module
 from minimodels import shapeworld as sw
+from minimodels._checks import check_device, check_finite
 from minimodels.clip import CLIP, CLIPConfig, prepare_images
 from minimodels.gpt import GPT, CausalLMOutput, GPTConfig, causal_lm_loss
 
@@ -68,8 +69,8 @@ class LlavaProjector(nn.Module):
     def __init__(self, vision_dim: int, text_dim: int, kind: str = "mlp"):
         super().__init__()
         for name, value in (("vision_dim", vision_dim), ("text_dim", text_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8192:
+                raise ValueError(f"{name} must be an int in [1, 8192]; got {value!r}")
         if kind not in ("linear", "mlp"):
             raise ValueError(f"kind must be 'linear' or 'mlp'; got {kind!r}")
         self.kind, self.vision_dim, self.text_dim = kind, vision_dim, text_dim
@@ -84,7 +85,9 @@ class LlavaProjector(nn.Module):
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         if not isinstance(image_features, torch.Tensor) or not image_features.is_floating_point():
             raise TypeError("image_features must be a float tensor (…, vision_dim)")
-        if image_features.shape[-1] != self.vision_dim:
+        check_device(image_features, "image_features", self.linear_1.weight.device)
+        check_finite(image_features, "image_features")
+        if image_features.ndim == 0 or image_features.shape[-1] != self.vision_dim:
             raise ValueError(
                 f"image_features must end in vision_dim={self.vision_dim}; got shape "
                 f"{tuple(image_features.shape)}"
@@ -118,24 +121,38 @@ def merge_image_features(
     if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.ndim != 3:
         got = getattr(inputs_embeds, "shape", type(inputs_embeds).__name__)
         raise ValueError(f"inputs_embeds must be a tensor (B, T, C); got {got}")
+    if inputs_embeds.numel() == 0 or not inputs_embeds.is_floating_point():
+        raise ValueError(
+            f"inputs_embeds must be a non-empty float tensor; got {inputs_embeds.dtype}"
+        )
+    check_device(inputs_embeds, "inputs_embeds", None)
+    check_finite(inputs_embeds, "inputs_embeds")
+    if isinstance(image_token_id, bool) or not isinstance(image_token_id, int):
+        raise TypeError(f"image_token_id must be an int token id; got {image_token_id!r}")
     if not isinstance(input_ids, torch.Tensor) or tuple(input_ids.shape) != inputs_embeds.shape[:2]:
         got = getattr(input_ids, "shape", type(input_ids).__name__)
         raise ValueError(f"input_ids must have shape {tuple(inputs_embeds.shape[:2])}; got {got}")
+    check_device(input_ids, "input_ids", None)
+    if input_ids.is_floating_point() or input_ids.dtype == torch.bool or input_ids.is_complex():
+        raise TypeError(f"input_ids must hold integer token ids; got {input_ids.dtype}")
     if not isinstance(image_features, torch.Tensor) or image_features.ndim not in (2, 3):
         got = getattr(image_features, "shape", type(image_features).__name__)
         raise ValueError(f"image_features must be (num_images, N, C) or (M, C); got {got}")
+    check_device(image_features, "image_features", None)
+    check_finite(image_features, "image_features")
     C = inputs_embeds.shape[-1]
     if image_features.shape[-1] != C:
         raise ValueError(
-            f"image_features must have width C={C} (project them first); got shape "
-            f"{tuple(image_features.shape)}"
+            f"image_features must have the width C={C} of inputs_embeds (project them "
+            f"first); got shape {tuple(image_features.shape)}"
         )
     flat = image_features.reshape(-1, C)  # (num_images·N, C), image 0 first
     mask = input_ids == image_token_id  # (B, T) True at <image>
     n_tokens, n_features = int(mask.sum()), flat.shape[0]
     if n_tokens != n_features:
         raise ValueError(
-            f"image features and image tokens do not match: {n_tokens} <image> tokens in "
+            f"image_features and image tokens do not match: {n_tokens} tokens equal to "
+            f"image_token_id={image_token_id} in "
             f"input_ids, {n_features} features (num_images × N). Run the prompts through "
             "LlavaProcessor, which expands each <image> to N tokens"
         )
@@ -381,6 +398,12 @@ class LlavaForConditionalGeneration(nn.Module):
         """
         if isinstance(prompts, str):
             prompts = [prompts]
+        if not isinstance(prompts, Sequence) or len(prompts) == 0:
+            raise TypeError(
+                f"prompts must be a string or a non-empty list of strings; got {prompts!r}"
+            )
+        if any(not isinstance(p, str) for p in prompts):
+            raise TypeError("prompts must all be strings")
         if isinstance(prompts, Sequence):
             for i, p in enumerate(prompts):
                 if isinstance(p, str) and not p.replace(IMAGE_TOKEN, "").strip():

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from minimodels._checks import check_device, check_finite
 from minimodels.judge import COLOR_CLASSES, SHAPE_CLASSES, prepare_images
 
 
@@ -60,6 +61,10 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
         if not isinstance(f, torch.Tensor) or f.ndim != 2 or len(f) < 2:
             got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
             raise ValueError(f"{name} must be a tensor (N ≥ 2, d); got {got}")
+        check_device(f, name, None)
+        if f.dtype == torch.bool or f.is_complex():
+            raise TypeError(f"{name} must be a real-valued tensor; got {f.dtype}")
+        check_finite(f, name)
     if feats_a.shape[1] != feats_b.shape[1]:
         raise ValueError(
             f"feats_a and feats_b must have the same width d; got {feats_a.shape[1]} and "

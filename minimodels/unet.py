@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
+from minimodels._checks import check_device, check_finite, check_instance, check_int, module_device
 from minimodels.diffusion import DDIMScheduler, DDPMScheduler, sample_loop
 from minimodels.layers import MultiHeadAttention, TimestepEmbedding
 
@@ -205,11 +206,29 @@ class UNet2DModel(nn.Module):
             raise TypeError(f"sample must be a float tensor {expected}; got {got}")
         if sample.ndim != 4 or sample.shape[1:] != (c.in_channels, c.sample_size, c.sample_size):
             raise ValueError(f"sample must have shape {expected}; got {tuple(sample.shape)}")
+        check_device(sample, "sample", module_device(self))
+        if sample.shape[0] == 0:
+            raise ValueError(f"sample is an empty batch; got shape {tuple(sample.shape)}")
+        check_finite(sample, "sample")
+        if sample.abs().max() > 1e4:
+            raise ValueError(
+                "sample holds values beyond ±1e4; a diffusion sample is noise of scale ~1 "
+                f"(max |sample| = {sample.abs().max().item():.3g})"
+            )
         B = sample.shape[0]
+        T = c.num_train_timesteps
         if isinstance(timestep, numbers.Integral) and not isinstance(timestep, bool):
-            timestep = torch.full((B,), int(timestep), device=sample.device)
+            timestep = torch.full((B,), check_int(timestep, "timestep", 0, T - 1))
         if not isinstance(timestep, torch.Tensor):
             raise TypeError(f"timestep must be an int or a tensor (B,); got {type(timestep)}")
+        check_device(timestep, "timestep", None)
+        if timestep.dtype == torch.bool or timestep.is_complex() or timestep.numel() == 0:
+            raise TypeError(f"timestep must hold real numbers; got {timestep.dtype}")
+        check_finite(timestep, "timestep")
+        if timestep.min() < 0 or timestep.max() > T - 1:
+            raise ValueError(
+                f"timestep must lie in [0, {T - 1}]; got [{timestep.min()}, {timestep.max()}]"
+            )
         timestep = timestep.reshape(-1).to(sample.device)
         if timestep.numel() == 1:
             timestep = timestep.expand(B)
@@ -421,8 +440,8 @@ def generate_unconditional(
     """
     from minimodels.train import autocast
 
-    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-        raise ValueError(f"num_images must be a positive int; got {num_images!r}")
+    check_instance(model, UNet2DModel, "model")
+    check_int(num_images, "num_images", 1, 10_000)
     sched = _make_scheduler(model.config, scheduler)
     gen = _make_generator(generator, seed)
     c = model.config

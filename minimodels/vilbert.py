@@ -48,6 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
+from minimodels._checks import check_device, check_finite, check_int
 from minimodels.clip import _check_tokens, prepare_images
 from minimodels.layers import MultiHeadAttention, TransformerBlock
 from minimodels.text import Tokenizer
@@ -129,7 +130,7 @@ def regions_from_scenes(scenes, max_regions: int | None = None) -> dict[str, tor
         if len(s["objects"]) == 0:
             raise ValueError(f"scenes[{i}] has no objects: a region list cannot be empty")
         counts.append(len(s["objects"]))
-    R = 1 + max(counts) if max_regions is None else max_regions
+    R = 1 + max(counts) if max_regions is None else check_int(max_regions, "max_regions", 1, 1024)
     if R < 1 + max(counts):
         raise ValueError(f"max_regions={R} is too small for {max(counts)} objects + [IMG]")
     B = len(scenes)
@@ -151,6 +152,10 @@ def _check_regions(boxes, region_mask, B: int, image_size: int, max_regions: int
     """Validate boxes (B, R, 4) and region_mask (B, R); returns the bool mask."""
     if not isinstance(boxes, torch.Tensor):
         raise TypeError(f"boxes must be a float tensor (B, R, 4); got {type(boxes).__name__}")
+    check_device(boxes, "boxes", None)
+    if boxes.dtype == torch.bool or boxes.is_complex():
+        raise TypeError(f"boxes must hold pixel coordinates; got dtype {boxes.dtype}")
+    check_finite(boxes, "boxes")
     if boxes.ndim != 3 or boxes.shape[-1] != 4:
         raise ValueError(
             f"boxes must have shape (B, R, 4) with [x0, y0, x1, y1] in pixels; got "
@@ -200,6 +205,16 @@ def spatial_encoding(boxes: torch.Tensor, image_size: int) -> torch.Tensor:
     if not isinstance(boxes, torch.Tensor) or boxes.shape[-1:] != (4,):
         got = tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__
         raise ValueError(f"boxes must be a tensor (..., 4); got {got}")
+    check_device(boxes, "boxes", None)
+    if boxes.dtype == torch.bool or boxes.is_complex():
+        raise TypeError(f"boxes must hold pixel coordinates; got dtype {boxes.dtype}")
+    check_finite(boxes, "boxes")
+    image_size = check_int(image_size, "image_size", 1, 4096)
+    if boxes.numel() and (boxes.min() < 0 or boxes.max() > image_size):
+        raise ValueError(
+            f"boxes must lie inside the image, in [0, image_size={image_size}] pixels; got "
+            f"values in [{boxes.min().item():.3g}, {boxes.max().item():.3g}]"
+        )
     b = boxes.float() / image_size  # normalised corners
     area = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # (x1−x0)(y1−y0) / (W·H)
     return torch.cat([b, area[..., None]], dim=-1)  # (..., 5)
@@ -511,6 +526,10 @@ def hard_negative(scene: dict, template: int, rng: np.random.Generator) -> tuple
     Returns (caption, kind) with kind "colour", "shape" or "exchange". The change is always a
     colour-shape pair the scene does not contain, so the caption is really false.
     """
+    if not isinstance(scene, dict) or not isinstance(scene.get("objects"), list):
+        raise TypeError(f"scene must be a scene dict with an 'objects' list; got {scene!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy Generator (np.random.default_rng); got {rng!r}")
     objects = scene["objects"]
     present = {(o["color"], o["shape"]) for o in objects}
     kinds = ["colour", "shape"]

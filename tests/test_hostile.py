@@ -23,14 +23,24 @@ from hypothesis import strategies as st
 
 from minimodels import (
     checkpoint,
+    dalle,
+    diffusion,
+    dit,
     flamingo,
+    gpt,
+    latent,
     layers,
+    llava,
     lora,
+    metrics,
     programs,
     qformer,
     shapeworld,
     text,
     train,
+    unet,
+    vilbert,
+    vilt,
     viz,
 )
 from minimodels import clip as clip_mod
@@ -150,6 +160,21 @@ def _seeded(factory):
     return make
 
 
+def _boxes(n=2):
+    return torch.tensor([[[2, 2, 12, 12], [16, 16, 30, 30]]] * n, dtype=torch.float32)
+
+
+def _dalle():
+    torch.manual_seed(0)
+    return dalle.DALLE(dalle.DALLEPrior().eval(), dalle.DVAE().eval())
+
+
+def _ddim():
+    scheduler = diffusion.DDIMScheduler(100)
+    scheduler.set_timesteps(10)
+    return scheduler
+
+
 def _images(n=2, size=32):
     return torch.rand(n, 3, size, size)
 
@@ -201,6 +226,39 @@ CASES = {
     "judge.prepare_images": lambda: (judge_mod.prepare_images, dict(images=_images(), image_size=32)),
     # viz
     "viz.to_numpy_images": lambda: (viz.to_numpy_images, dict(images=_images())),
+    # fusion encoders, DALL-E, diffusion, language models
+    "vilbert.ViLBERTConfig": lambda: (vilbert.ViLBERTConfig, dict(text_width=32, vision_width=32, co_layers=1)),
+    "vilbert.ViLBERT.forward": lambda: (_seeded(vilbert.ViLBERT)().eval().forward, dict(tokens=_tokens(), images=_images(), boxes=_boxes())),
+    "vilbert.spatial_encoding": lambda: (vilbert.spatial_encoding, dict(boxes=_boxes(), image_size=32)),
+    "vilbert.regions_from_scenes": lambda: (vilbert.regions_from_scenes, dict(scenes=shapeworld.sample_scenes("test", 2), max_regions=5)),
+    "vilbert.hard_negative": lambda: (vilbert.hard_negative, dict(scene=shapeworld.sample_scenes("test", 1, min_objects=2)[0], template=0, rng=np.random.default_rng(0))),
+    "vilt.ViLT.forward": lambda: (_seeded(vilt.ViLT)().eval().forward, dict(tokens=_tokens(), images=_images())),
+    "dalle.gumbel_softmax": lambda: (dalle.gumbel_softmax, dict(logits=torch.randn(2, 5, 8), tau=0.5, hard=False, dim=-1)),
+    "dalle.nearest_code": lambda: (dalle.nearest_code, dict(z_e=torch.randn(6, 4), codebook=torch.randn(10, 4))),
+    "dalle.DVAEConfig": lambda: (dalle.DVAEConfig, dict(codebook_size=64, code_dim=16)),
+    "dalle.DVAE.encode": lambda: (_seeded(dalle.DVAE)().eval().encode, dict(images=_images())),
+    "dalle.DVAE.decode": lambda: (_seeded(dalle.DVAE)().eval().decode, dict(codes=torch.zeros(2, 8, 8, dtype=torch.long))),
+    "dalle.DALLE.generate": lambda: (_dalle().generate, dict(prompts=["a red circle"], n_per_prompt=1, temperature=1.0, top_k=4, seed=0)),
+    "dalle.psnr": lambda: (dalle.psnr, dict(x=_images(), y=_images())),
+    "dalle.codebook_perplexity": lambda: (dalle.codebook_perplexity, dict(codes=torch.tensor([0, 1, 2, 2]), codebook_size=8)),
+    "diffusion.DDPMScheduler": lambda: (diffusion.DDPMScheduler, dict(num_train_timesteps=100, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)),
+    "diffusion.DDPMScheduler.add_noise": lambda: (diffusion.DDPMScheduler(100).add_noise, dict(original_samples=torch.randn(2, 3, 8, 8), noise=torch.randn(2, 3, 8, 8), timesteps=torch.tensor([0, 99]))),
+    "diffusion.DDPMScheduler.q_step": lambda: (diffusion.DDPMScheduler(100).q_step, dict(x_prev=torch.randn(2, 3, 8, 8), t=5, noise=torch.randn(2, 3, 8, 8))),
+    "diffusion.DDPMScheduler.step": lambda: (diffusion.DDPMScheduler(100).step, dict(model_output=torch.randn(2, 3, 8, 8), timestep=50, sample=torch.randn(2, 3, 8, 8))),
+    "diffusion.DDPMScheduler.set_timesteps": lambda: (diffusion.DDPMScheduler(100).set_timesteps, dict(num_inference_steps=10)),
+    "diffusion.DDIMScheduler.step": lambda: (_ddim().step, dict(model_output=torch.randn(2, 3, 8, 8), timestep=90, sample=torch.randn(2, 3, 8, 8), eta=0.0)),
+    "unet.UNet2DModel.forward": lambda: (_seeded(unet.UNet2DModel)().eval().forward, dict(sample=torch.randn(2, 3, 20, 20), timestep=torch.tensor([1, 500]))),
+    "unet.generate_unconditional": lambda: (unet.generate_unconditional, dict(model=_seeded(unet.UNet2DModel)().eval(), num_images=2, num_inference_steps=2)),
+    "dit.DiTTransformer2DModel.forward": lambda: (_seeded(dit.DiTTransformer2DModel)().eval().forward, dict(sample=torch.randn(2, 16, 6, 6), timestep=torch.tensor([1, 500]))),
+    "latent.Autoencoder.encode": lambda: (_seeded(latent.Autoencoder)().eval().encode, dict(images=torch.rand(2, 3, 24, 24))),
+    "latent.Autoencoder.decode": lambda: (_seeded(latent.Autoencoder)().eval().decode, dict(latents=torch.randn(2, 16, 6, 6))),
+    "metrics.frechet_distance": lambda: (metrics.frechet_distance, dict(feats_a=torch.randn(20, 4), feats_b=torch.randn(20, 4))),
+    "gpt.GPT.forward": lambda: (_seeded(gpt.GPT)().eval().forward, dict(input_ids=torch.tensor([[5, 6, 7]]), labels=torch.tensor([[5, 6, 7]]))),
+    "gpt.GPT.generate": lambda: (_seeded(gpt.GPT)().eval().generate, dict(input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=3)),
+    "llava.LlavaProjector": lambda: (llava.LlavaProjector, dict(vision_dim=16, text_dim=32, kind="mlp")),
+    "llava.LlavaProjector.forward": lambda: (llava.LlavaProjector(16, 32).forward, dict(image_features=torch.randn(2, 4, 16))),
+    "llava.merge_image_features": lambda: (llava.merge_image_features, dict(inputs_embeds=torch.randn(1, 5, 8), input_ids=torch.tensor([[1, 9, 9, 2, 3]]), image_features=torch.randn(1, 2, 8), image_token_id=9)),
+    "llava.Llava.generate": lambda: (_seeded(llava.LlavaForConditionalGeneration)().eval().generate, dict(images=_images(1), prompts=["<image> what colour is the circle?"], max_new_tokens=2)),
     # composing frozen models
     "lora.LoRALinear": lambda: (lora.LoRALinear, dict(base=torch.nn.Linear(8, 8), r=2, alpha=4.0, dropout=0.0)),
     "lora.LoRALinear.forward": lambda: (lora.LoRALinear(torch.nn.Linear(8, 8), r=2).forward, dict(x=torch.randn(3, 8))),

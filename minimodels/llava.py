@@ -139,6 +139,8 @@ def merge_image_features(
         got = getattr(image_features, "shape", type(image_features).__name__)
         raise ValueError(f"image_features must be (num_images, N, C) or (M, C); got {got}")
     check_device(image_features, "image_features", None)
+    if not image_features.is_floating_point():
+        raise TypeError(f"image_features must be a float tensor; got {image_features.dtype}")
     check_finite(image_features, "image_features")
     C = inputs_embeds.shape[-1]
     if image_features.shape[-1] != C:

@@ -73,38 +73,13 @@ def _check_positive(value, name: str) -> float:
 
 
 def prepare_images(images, image_size: int) -> torch.Tensor:
-    """uint8 (B, 3, H, W) in 0..255 or float (B, 3, H, W) in [0, 1] -> float32 in [0, 1]."""
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor (B, 3, H, W); got {type(images).__name__}")
-    check_device(images, "images", None)
-    if images.ndim != 4 or images.shape[1] != 3:
-        hint = " -- channels-last? use images.permute(0, 3, 1, 2)" if images.ndim == 4 else ""
-        raise ValueError(
-            f"images must have shape (B, 3, {image_size}, {image_size}); "
-            f"got {tuple(images.shape)}{hint}"
-        )
-    if tuple(images.shape[-2:]) != (image_size, image_size):
-        raise ValueError(
-            f"images must be {image_size}×{image_size} (config.image_size); got shape "
-            f"{tuple(images.shape)}"
-        )
-    if images.shape[0] == 0:
-        raise ValueError("images is an empty batch (B = 0)")
-    if images.dtype == torch.uint8:
-        return images.float() / 255.0
-    if not images.is_floating_point():
-        raise TypeError(f"images must be uint8 (0..255) or float in [0, 1]; got {images.dtype}")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or inf")
-    lo, hi = images.min().item(), images.max().item()
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise ValueError(
-            f"float images must lie in [0, 1]; got values in [{lo:.3f}, {hi:.3f}] "
-            "([-1, 1] images need (x + 1) / 2)"
-        )
-    return images.float()
+    """uint8 (B, 3, H, W) in 0..255 or float (B, 3, H, W) in [0, 1] -> float32 in [0, 1].
+
+    The same input contract as CLIP's image tower, so the check lives in one place.
+    """
+    from minimodels.clip import prepare_images as clip_prepare_images
+
+    return clip_prepare_images(images, image_size, in_channels=3)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 #   make book        execute every notebook and build the HTML book into _build/html
 #   make book-instructor   the same book with the exercises' solutions shown (_build/instructor)
 #   make slides      reveal.js slides of every notebook (_build/slides), for lecturing
+#   make screenshots headless Chromium pictures of built pages (_build/screenshots)
 #   make test        lint, package tests, every notebook (nbval), sync check, structural book build
 #   make lab         JupyterLab on the notebooks
 #   make notebooks   regenerate notebooks/*.ipynb from lectures_src/*.md
@@ -29,7 +30,7 @@ BOOK := $(PY) -m minimodels._book
 JB_FLAGS := --all -W -n --keep-going  # --all: a fresh environment, so every page is checked
 STRUCTURAL := _build/structural
 
-.PHONY: help book book-instructor slides test lint pytest structural lab notebooks check-notebooks vendor-js clean distclean
+.PHONY: help book book-instructor slides screenshots test lint pytest structural lab notebooks check-notebooks vendor-js clean distclean
 
 help:
 	@sed -n "s/^#   make/make/p" Makefile
@@ -58,6 +59,11 @@ book-instructor: check-notebooks vendor-js | $(STAMP)
 # is executed here.
 slides: check-notebooks | $(STAMP)
 	$(BOOK) slides
+
+# Pictures of the title page, a page per lecture, widgets, slides and the instructors' build, as
+# a reader sees them (needs Chromium, and the builds above).
+screenshots: | $(STAMP)
+	$(BOOK) screenshots
 
 check-notebooks: | $(STAMP)
 	$(BOOK) check

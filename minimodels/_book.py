@@ -385,6 +385,69 @@ def slides(root: Path = ROOT, execute: bool = True, pattern: str = "*.ipynb") ->
     return written
 
 
+# --------------------------------------------------------------------------- screenshots
+
+SCREENSHOT_DIR = Path("_build") / "screenshots"
+# (name, page of the built book, window height): the title page, one page per lecture (A: CLIP,
+# B: DDPM, C: conditional diffusion, D: the capstone, E: LLaVA), pages with widgets (attention,
+# CLIP), the slides, and the instructors' build (solutions shown)
+SCREENSHOT_PAGES = [
+    ("title", "_build/html/book/intro.html", 2400),
+    ("lecture_A_clip", "_build/html/notebooks/02_clip.html", 3000),
+    ("lecture_B_ddpm", "_build/html/notebooks/05_ddpm.html", 3000),
+    ("lecture_C_conditional", "_build/html/notebooks/06_conditional_diffusion.html", 3000),
+    ("lecture_D_capstone", "_build/html/notebooks/09_capstone.html", 3000),
+    ("lecture_E_llava", "_build/html/notebooks/07_llava.html", 3000),
+    ("widgets_attention", "_build/html/notebooks/01_attention.html", 5000),
+    ("lecture_map", "_build/html/book/lecture_map.html", 2400),
+    ("student_exercise", "_build/html/notebooks/02_clip.html#exercises", 2000),
+    ("instructor_exercise", "_build/instructor/_build/html/notebooks/02_clip.html#exercises", 2000),
+    ("slides_clip", "_build/slides/02_clip.slides.html", 800),
+]
+
+
+def find_chromium() -> str | None:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def screenshots(root: Path = ROOT, width: int = 1280) -> list[Path]:
+    """PNG screenshots of built pages by headless Chromium, into _build/screenshots/.
+
+    Pages whose build is missing are skipped with a note (build them first with `make book`,
+    `make book-instructor`, `make slides`). JavaScript runs (widgets, MathJax), and Chromium
+    waits `--virtual-time-budget` ms of page time before it takes the picture.
+    """
+    import subprocess
+
+    browser = find_chromium()
+    if browser is None:
+        raise SystemExit("no Chromium found: install it (Debian: apt-get install chromium)")
+    out = root / SCREENSHOT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, page, height in SCREENSHOT_PAGES:
+        file, _, anchor = page.partition("#")
+        if not (root / file).exists():
+            print(f"skip {name}: {file} is not built", file=sys.stderr)
+            continue
+        url = (root / file).resolve().as_uri() + (f"#{anchor}" if anchor else "")
+        png = out / f"{name}.png"
+        cmd = [
+            browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            f"--window-size={width},{height}", "--virtual-time-budget=15000",
+            f"--screenshot={png}", url,
+        ]  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True, timeout=180)
+        written.append(png)
+        print(f"wrote {png}")
+    return written
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -401,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-execute", action="store_true", help="slides without outputs when none are cached"
     )
     slides_cmd.add_argument("--pattern", default="*.ipynb", help="which notebooks (glob)")
+    sub.add_parser("screenshots", help=f"headless Chromium screenshots into {SCREENSHOT_DIR}")
     args = parser.parse_args(argv)
 
     if args.command == "sync":
@@ -423,6 +487,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no notebooks match {args.pattern!r}", file=sys.stderr)
             return 1
         print(f"Slides: {ROOT / SLIDES_DIR}/ (open NN.slides.html in a browser)")
+    elif args.command == "screenshots":
+        if not screenshots():
+            print("nothing to screenshot: run `make book` first", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -190,6 +190,11 @@ def write_runtime_table(results: dict, machine_info: dict, folder: Path = GENERA
     return out
 
 
+# `bench all` evaluates every model on seed 0 with n examples: 1000 unless named here (the
+# samplers are slow on a CPU: DALL-E draws 8 candidates per prompt for re-ranking)
+EVALUATE_N = {"dalle": 200, "ddpm": 256, "llava": 500}
+
+
 def machine() -> dict:
     import torch
 
@@ -213,13 +218,28 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pattern", default="*.ipynb", help="which notebooks (glob)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--reuse-notebooks",
+        action="store_true",
+        help="all: take the notebook run times from book/generated/notebook_runtimes.json "
+        "(written by `bench notebooks`) instead of running every notebook again",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1; got {args.repeats}")
+    if args.reuse_notebooks:
+        store = GENERATED / "notebook_runtimes.json"
+        if args.what != "all":
+            parser.error("--reuse-notebooks goes with `all` only")
+        if not store.exists():
+            parser.error(f"--reuse-notebooks: {store} is missing; run `bench notebooks` first")
+        stored = json.loads(store.read_text())
     result = {"machine": machine()}
     if args.what in ("shapeworld", "all"):
         result["shapeworld"] = bench_shapeworld(repeats=args.repeats)
-    if args.what in ("notebooks", "all"):
+    if args.what == "all" and args.reuse_notebooks:
+        result["notebooks"] = stored["notebooks"]
+    elif args.what in ("notebooks", "all"):
         result["notebooks"] = bench_notebooks(args.repeats, args.pattern)
         print(f"wrote {write_runtime_table(result['notebooks'], result['machine'])}")
     if args.what in ("models", "all"):
@@ -227,7 +247,11 @@ def main(argv=None) -> int:
     if args.what == "all":
         from minimodels.evaluate import EVALUATORS, evaluate
 
-        result["evaluate"] = {name: evaluate(name, seed=0, n=1000) for name in EVALUATORS}
+        result["evaluate"] = {}
+        for name in EVALUATORS:
+            n = EVALUATE_N.get(name, 1000)
+            print(f"evaluate {name} --seed 0 --n {n}", flush=True)
+            result["evaluate"][name] = {"n": n, **evaluate(name, seed=0, n=n)}
     out = args.out or REPO / "bench_results" / f"{args.what}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

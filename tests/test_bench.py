@@ -1,0 +1,55 @@
+"""The benchmark command's bookkeeping (the timings themselves are never asserted: the machine is
+shared and noisy; `python -m minimodels.bench` measures them)."""
+
+import json
+
+import pytest
+
+from minimodels import bench
+
+MACHINE = {
+    "python": "3.11",
+    "torch": "2.13.0",
+    "cpu_count": 2,
+    "torch_threads": 2,
+    "machine": "x86_64",
+    "date": "2026-01-01",
+}
+
+
+def test_runtime_table_merges_runs_and_writes_markdown(tmp_path):
+    bench.write_runtime_table({"02_clip": {"median_s": 38.5, "runs_s": [34.8, 38.5, 39.1]}},
+                              MACHINE, tmp_path)  # fmt: skip
+    later = {**MACHINE, "date": "2026-01-02"}
+    md = bench.write_runtime_table({"00_shapeworld": {"median_s": 27.9, "runs_s": [29.6, 27.9,
+                                   27.5]}}, later, tmp_path)  # fmt: skip
+    table = json.loads((tmp_path / "notebook_runtimes.json").read_text())
+    assert set(table["notebooks"]) == {"00_shapeworld", "02_clip"}  # merged, not replaced
+    assert table["notebooks"]["02_clip"]["date"] == "2026-01-01"
+    text = md.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| 0")]
+    assert rows == [
+        "| 00_shapeworld | 27.9 | 29.6, 27.9, 27.5 | 2026-01-02 |",
+        "| 02_clip | 38.5 | 34.8, 38.5, 39.1 | 2026-01-01 |",
+    ]  # sorted by notebook
+    assert "median" in text and "2 CPU cores" in text
+
+
+def test_reuse_notebooks_needs_a_stored_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "GENERATED", tmp_path)
+    with pytest.raises(SystemExit):
+        bench.main(["all", "--reuse-notebooks", "--out", str(tmp_path / "all.json")])
+    assert "bench notebooks" in capsys.readouterr().err
+
+
+def test_bad_repeats_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["notebooks", "--repeats", "0"])
+    assert "--repeats" in capsys.readouterr().err
+
+
+def test_every_evaluator_has_a_size_in_bench_all():
+    from minimodels.evaluate import EVALUATORS
+
+    assert set(bench.EVALUATE_N) <= set(EVALUATORS)
+    assert all(isinstance(n, int) and n >= 100 for n in bench.EVALUATE_N.values())

@@ -124,7 +124,7 @@ def pretrain_vilt(steps: int, seed: int, device=None):
 RECIPES = {
     "judge": (pretrain_judge, 300),
     "clip": (pretrain_clip, 3000),
-    "vilbert": (pretrain_vilbert, 900),
+    "vilbert": (pretrain_vilbert, 5000),
     "vilt": (pretrain_vilt, 700),
     "dvae": (pretrain_dvae, 2000),
     "dalle": (pretrain_dalle, 700),

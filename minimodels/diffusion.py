@@ -139,9 +139,10 @@ class SchedulerOutput:
 class DDPMScheduler:
     """The DDPM noise schedule, forward process and ancestral sampler (ε-prediction).
 
-    Matches ``diffusers.DDPMScheduler(prediction_type="epsilon", variance_type="fixed_small",
-    clip_sample=False)`` with the same schedule ("cosine" here is diffusers'
-    "squaredcos_cap_v2").
+    Matches ``diffusers.DDPMScheduler(prediction_type="epsilon", variance_type="fixed_small")``
+    with the same schedule ("cosine" here is diffusers' "squaredcos_cap_v2") and the same
+    ``clip_sample``. diffusers clips x̂_0 to [-1, 1] by default; here clip_sample=False is the
+    default, so that step() is the textbook formula; the pipelines in minimodels.unet clip.
     """
 
     def __init__(
@@ -150,7 +151,21 @@ class DDPMScheduler:
         beta_schedule: str = "linear",
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
     ):
+        if not isinstance(clip_sample, bool):
+            raise TypeError(f"clip_sample must be True or False; got {clip_sample!r}")
+        if (
+            isinstance(clip_sample_range, bool)
+            or not isinstance(clip_sample_range, numbers.Real)
+            or not (0 < clip_sample_range < 1e4)
+        ):
+            raise ValueError(
+                f"clip_sample_range must be a number in (0, 1e4); got {clip_sample_range!r}"
+            )
+        self.clip_sample = clip_sample  # clamp x̂_0 to ±clip_sample_range (diffusers' default)
+        self.clip_sample_range = float(clip_sample_range)
         self.num_train_timesteps = _check_int(
             num_train_timesteps, "num_train_timesteps", 1, 100_000
         )
@@ -295,6 +310,7 @@ class DDPMScheduler:
         beta_t = 1 - alpha_t  # β_t
         # x̂_0 = (x_t - √(1-ᾱ_t) ε) / √ᾱ_t
         x0 = (sample - (1 - alpha_bar_t) ** 0.5 * model_output) / alpha_bar_t**0.5
+        x0 = self._clip(x0)
         # μ̃_t(x_t, x̂_0), the mean of the posterior q(x_{t-1} | x_t, x_0)
         coef_x0 = alpha_bar_prev**0.5 * beta_t / (1 - alpha_bar_t)
         coef_xt = alpha_t**0.5 * (1 - alpha_bar_prev) / (1 - alpha_bar_t)
@@ -307,6 +323,13 @@ class DDPMScheduler:
         if not return_dict:
             return prev_sample, x0
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+    def _clip(self, x0: torch.Tensor) -> torch.Tensor:
+        """x̂_0 clamped to [-r, r] when clip_sample is on (images live in [-1, 1]: a prediction
+        outside is certainly wrong, and clamping it keeps early, noisy steps from saturating)."""
+        if not self.clip_sample:
+            return x0
+        return x0.clamp(-self.clip_sample_range, self.clip_sample_range)
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """The identity (diffusers' schedulers share this hook; DDPM does not rescale)."""
@@ -327,8 +350,8 @@ class DDIMScheduler(DDPMScheduler):
         x_prev = √ᾱ_prev · x̂_0 + √(1-ᾱ_prev - σ_t²) · ε_θ + σ_t z,
         σ_t = η · √((1-ᾱ_prev)/(1-ᾱ_t)) · √(1 - ᾱ_t/ᾱ_prev)
 
-    Matches ``diffusers.DDIMScheduler(clip_sample=False)`` (leading spacing, ᾱ after the last
-    step = 1: the final step returns x̂_0).
+    Matches ``diffusers.DDIMScheduler`` with the same ``clip_sample`` (leading spacing, ᾱ after
+    the last step = 1: the final step returns x̂_0).
     """
 
     def __init__(self, *args, **kwargs):
@@ -359,6 +382,7 @@ class DDIMScheduler(DDPMScheduler):
         alpha_bar_t = self.alphas_cumprod[t]  # ᾱ_t
         alpha_bar_prev = self._alpha_bar_prev(prev_t)  # ᾱ_prev
         x0 = (sample - (1 - alpha_bar_t) ** 0.5 * model_output) / alpha_bar_t**0.5  # x̂_0
+        x0 = self._clip(x0)  # the direction below keeps the model's ε, as diffusers does
         # σ_t² = η² (1-ᾱ_prev)/(1-ᾱ_t) (1 - ᾱ_t/ᾱ_prev)
         variance = (1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)
         std_dev_t = eta * variance**0.5

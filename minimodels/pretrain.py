@@ -59,17 +59,24 @@ def pretrain_dit(steps: int, seed: int, device=None):
 
 
 def pretrain_ddpm(steps: int, seed: int, device=None):
-    # unconditional U-Net (16/32/64 channels) on 20×20 scenes of one large object
-    from minimodels.unet import train_unet
+    # unconditional U-Net (16/32/64 channels) on 20×20 scenes of one large object. The cosine
+    # schedule: with t drawn uniformly, the linear one spends a third of training on nearly pure
+    # noise (ᾱ_t < 0.01; cosine: 6 %); 10000 cosine steps gave twice the valid samples of 8000
+    # linear ones
+    from minimodels.unet import UNetConfig, train_unet
 
-    return train_unet(steps=steps, batch_size=32, seed=seed, lr=2e-3, device=device)
+    config = UNetConfig(beta_schedule="cosine")
+    return train_unet(steps=steps, batch_size=32, seed=seed, lr=2e-3, config=config,
+                      device=device)  # fmt: skip
 
 
 def pretrain_ddpm_text(steps: int, seed: int, device=None):
     # the same U-Net with cross-attention to the frozen CLIP text tower, 15 % empty prompts
-    from minimodels.unet import train_unet
+    from minimodels.unet import UNetConfig, train_unet
 
-    return train_unet(steps=steps, batch_size=32, seed=seed, lr=2e-3, text=True, device=device)
+    config = UNetConfig(beta_schedule="cosine", cross_attention_dim=64)  # CLIP's text width
+    return train_unet(steps=steps, batch_size=32, seed=seed, lr=2e-3, config=config, text=True,
+                      device=device)  # fmt: skip
 
 
 def pretrain_llava(steps: int, seed: int, device=None):
@@ -128,7 +135,7 @@ RECIPES = {
     "vilt": (pretrain_vilt, 700),
     "dvae": (pretrain_dvae, 2000),
     "dalle": (pretrain_dalle, 700),
-    "ddpm": (pretrain_ddpm, 1500),
+    "ddpm": (pretrain_ddpm, 10000),
     "ddpm-text": (pretrain_ddpm_text, 1500),
     "latent": (pretrain_latent, 4096),
     "dit": (pretrain_dit, 4000),

@@ -432,17 +432,19 @@ def generate_unconditional(
     return_intermediates: int = 0,
     bf16: bool = False,
     progress: bool = False,
+    clip_sample: bool = True,
 ):
     """Sample images from an unconditional U-Net: float (B, 3, H, W) in [0, 1].
 
     scheduler="ddpm" runs every one of the T training steps (num_inference_steps ignored);
-    "ddim" runs num_inference_steps deterministic DDIM steps.
+    "ddim" runs num_inference_steps deterministic DDIM steps. clip_sample clamps each step's
+    x̂_0 to [-1, 1], as diffusers' schedulers do by default.
     """
     from minimodels.train import autocast
 
     check_instance(model, UNet2DModel, "model")
     check_int(num_images, "num_images", 1, 10_000)
-    sched = _make_scheduler(model.config, scheduler)
+    sched = _make_scheduler(model.config, scheduler, clip_sample)
     gen = _make_generator(generator, seed)
     c = model.config
     model.eval()
@@ -461,12 +463,13 @@ def generate_unconditional(
     return to_unit_range(out)
 
 
-def _make_scheduler(config: UNetConfig, name: str) -> DDPMScheduler:
-    if name == "ddpm":
-        return DDPMScheduler(config.num_train_timesteps, config.beta_schedule)
-    if name == "ddim":
-        return DDIMScheduler(config.num_train_timesteps, config.beta_schedule)
-    raise ValueError(f"scheduler must be 'ddpm' or 'ddim'; got {name!r}")
+def _make_scheduler(config: UNetConfig, name: str, clip_sample: bool = True) -> DDPMScheduler:
+    kinds = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
+    if name not in kinds:
+        raise ValueError(f"scheduler must be 'ddpm' or 'ddim'; got {name!r}")
+    if not isinstance(clip_sample, bool):
+        raise TypeError(f"clip_sample must be True or False; got {clip_sample!r}")
+    return kinds[name](config.num_train_timesteps, config.beta_schedule, clip_sample=clip_sample)
 
 
 class TextToImage:
@@ -510,11 +513,13 @@ class TextToImage:
         return_intermediates: int = 0,
         bf16: bool = False,
         progress: bool = False,
+        clip_sample: bool = True,
     ):
         """One image per prompt: float (B, 3, H, W) in [0, 1].
 
         negative_prompt: a string (for all) or one per prompt, replacing "" as the
-        unconditional branch. generator or seed make the result reproducible.
+        unconditional branch. generator or seed make the result reproducible. clip_sample
+        clamps each step's x̂_0 to [-1, 1] (diffusers' default).
         """
         from minimodels.train import autocast
 
@@ -535,7 +540,7 @@ class TextToImage:
                     f"negative_prompt must be one string or one per prompt ({B}); got "
                     f"{len(negative)}"
                 )
-        sched = _make_scheduler(self.config, scheduler)
+        sched = _make_scheduler(self.config, scheduler, clip_sample)
         gen = _make_generator(generator, seed)
         unet, dev = self.unet.eval(), self.unet.device
         feats, mask = self.text_encoder(prompts + negative)  # (2B, L, D): cond then uncond

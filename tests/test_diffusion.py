@@ -55,6 +55,35 @@ def test_ddpm_step_matches_diffusers_at_every_timestep(ours_name, ref_name):
     assert worst < 1e-5, f"largest difference to diffusers {worst:.2e}"
 
 
+@pytest.mark.parametrize("ours_name, ref_name", SCHEDULES)
+def test_clipped_steps_match_diffusers_defaults(ours_name, ref_name):
+    # diffusers clips x̂_0 to [-1, 1] by default; ours with clip_sample=True must agree, for
+    # DDPM and DDIM, on inputs whose x̂_0 falls far outside [-1, 1]
+    g = torch.Generator().manual_seed(4)
+    sample, eps = 3 * torch.randn(6, 3, 4, 4, generator=g), torch.randn(6, 3, 4, 4, generator=g)
+    ours = DDPMScheduler(1000, ours_name, clip_sample=True)
+    ref = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule=ref_name,
+                                  variance_type="fixed_small")  # fmt: skip
+    for i, t in enumerate([0, 3, 100, 500, 900, 999]):
+        a = ours.step(eps[i : i + 1], t, sample[i : i + 1], generator=torch.manual_seed(t))
+        b = ref.step(eps[i : i + 1], t, sample[i : i + 1], generator=torch.manual_seed(t))
+        assert b.pred_original_sample.abs().max() <= 1
+        torch.testing.assert_close(a.pred_original_sample, b.pred_original_sample)
+        torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=0, atol=1e-5)
+    ours, ref = DDIMScheduler(1000, ours_name, clip_sample=True), diffusers.DDIMScheduler(
+        num_train_timesteps=1000, beta_schedule=ref_name)  # fmt: skip
+    ours.set_timesteps(20)
+    ref.set_timesteps(20)
+    for i, t in enumerate(ours.timesteps[:6].tolist()):
+        a, b = ours.step(eps[i], t, sample[i]), ref.step(eps[i], t, sample[i])
+        torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=0, atol=1e-5)
+    assert not DDPMScheduler().clip_sample  # ours: the textbook step unless asked
+    with pytest.raises(TypeError, match="clip_sample"):
+        DDPMScheduler(clip_sample="yes")
+    with pytest.raises(ValueError, match="clip_sample_range"):
+        DDPMScheduler(clip_sample=True, clip_sample_range=-1.0)
+
+
 def test_ddpm_step_adds_noise_except_at_zero():
     s = DDPMScheduler()
     x, eps = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)

@@ -63,6 +63,7 @@ slides: check-notebooks | $(STAMP)
 # Pictures of the title page, a page per lecture, widgets, slides and the instructors' build, as
 # a reader sees them (needs Chromium, and the builds above).
 screenshots: | $(STAMP)
+	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -q playwright
 	$(BOOK) screenshots
 
 check-notebooks: | $(STAMP)

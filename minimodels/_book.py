@@ -259,9 +259,16 @@ def _use_vendored_js(app, config) -> None:
     }
 
 
+def _course_css(app, config) -> None:
+    """Sphinx ``config-inited``: serve book/_static (course.css widens the text column)."""
+    config.html_static_path = [*config.html_static_path, str(Path(app.srcdir) / "book" / "_static")]
+
+
 def setup(app):
     """Sphinx extension entry point (see ``sphinx: extra_extensions`` in _config.yml)."""
     app.connect("config-inited", _use_vendored_js, priority=400)
+    app.connect("config-inited", _course_css, priority=410)
+    app.add_css_file("course.css")
     app.connect("source-read", _exercise_edition)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
 
@@ -392,17 +399,17 @@ SCREENSHOT_DIR = Path("_build") / "screenshots"
 # B: DDPM, C: conditional diffusion, D: the capstone, E: LLaVA), pages with widgets (attention,
 # CLIP), the slides, and the instructors' build (solutions shown)
 SCREENSHOT_PAGES = [
-    ("title", "_build/html/book/intro.html", 2400),
-    ("lecture_A_clip", "_build/html/notebooks/02_clip.html", 3000),
-    ("lecture_B_ddpm", "_build/html/notebooks/05_ddpm.html", 3000),
-    ("lecture_C_conditional", "_build/html/notebooks/06_conditional_diffusion.html", 3000),
-    ("lecture_D_capstone", "_build/html/notebooks/09_capstone.html", 3000),
-    ("lecture_E_llava", "_build/html/notebooks/07_llava.html", 3000),
-    ("widgets_attention", "_build/html/notebooks/01_attention.html", 5000),
-    ("lecture_map", "_build/html/book/lecture_map.html", 2400),
-    ("student_exercise", "_build/html/notebooks/02_clip.html#exercises", 2000),
-    ("instructor_exercise", "_build/instructor/_build/html/notebooks/02_clip.html#exercises", 2000),
-    ("slides_clip", "_build/slides/02_clip.slides.html", 800),
+    ("title", "_build/html/book/intro.html"),
+    ("lecture_A_clip", "_build/html/notebooks/02_clip.html"),
+    ("lecture_B_ddpm", "_build/html/notebooks/05_ddpm.html#sampling-from-noise-to-an-image"),
+    ("lecture_C_guidance", "_build/html/notebooks/06_conditional_diffusion.html#cond-guidance"),
+    ("lecture_D_capstone", "_build/html/notebooks/09_capstone.html"),
+    ("lecture_E_llava", "_build/html/notebooks/07_llava.html"),
+    ("widgets_attention", "_build/html/notebooks/01_attention.html#a-knob-the-softmax-temperature"),
+    ("lecture_map", "_build/html/book/lecture_map.html"),
+    ("student_exercise", "_build/html/notebooks/02_clip.html#exercises"),
+    ("instructor_exercise", "_build/instructor/_build/html/notebooks/02_clip.html#exercises"),
+    ("slides_clip", "_build/slides/02_clip.slides.html"),
 ]
 
 
@@ -415,36 +422,41 @@ def find_chromium() -> str | None:
     return None
 
 
-def screenshots(root: Path = ROOT, width: int = 1280) -> list[Path]:
-    """PNG screenshots of built pages by headless Chromium, into _build/screenshots/.
+def screenshots(root: Path = ROOT, width: int = 1280, height: int = 1400) -> list[Path]:
+    """PNG screenshots of built pages, as a reader's browser shows them, into _build/screenshots/.
 
-    Pages whose build is missing are skipped with a note (build them first with `make book`,
-    `make book-instructor`, `make slides`). JavaScript runs (widgets, MathJax), and Chromium
-    waits `--virtual-time-budget` ms of page time before it takes the picture.
+    Uses Playwright (``pip install playwright``; `make screenshots` installs it) driving the
+    system's Chromium: it runs the pages' JavaScript (widgets, MathJax) and scrolls to anchors.
+    Pages whose build is missing are skipped with a note (build them with `make book`,
+    `make book-instructor`, `make slides`).
     """
-    import subprocess
-
-    browser = find_chromium()
-    if browser is None:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise SystemExit("screenshots need Playwright: pip install playwright") from None
+    browser_path = find_chromium()
+    if browser_path is None:
         raise SystemExit("no Chromium found: install it (Debian: apt-get install chromium)")
     out = root / SCREENSHOT_DIR
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, page, height in SCREENSHOT_PAGES:
-        file, _, anchor = page.partition("#")
-        if not (root / file).exists():
-            print(f"skip {name}: {file} is not built", file=sys.stderr)
-            continue
-        url = (root / file).resolve().as_uri() + (f"#{anchor}" if anchor else "")
-        png = out / f"{name}.png"
-        cmd = [
-            browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-            f"--window-size={width},{height}", "--virtual-time-budget=15000",
-            f"--screenshot={png}", url,
-        ]  # fmt: skip
-        subprocess.run(cmd, check=True, capture_output=True, timeout=180)
-        written.append(png)
-        print(f"wrote {png}")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": width, "height": height})
+        for name, target in SCREENSHOT_PAGES:
+            file, _, anchor = target.partition("#")
+            if not (root / file).exists():
+                print(f"skip {name}: {file} is not built", file=sys.stderr)
+                continue
+            url = (root / file).resolve().as_uri() + (f"#{anchor}" if anchor else "")
+            page.goto(url)
+            page.wait_for_load_state("networkidle")
+            page.wait_for_timeout(1500)  # widgets and MathJax render after the load event
+            png = out / f"{name}.png"
+            page.screenshot(path=str(png))
+            written.append(png)
+            print(f"wrote {png}")
+        browser.close()
     return written
 
 

@@ -136,7 +136,7 @@ RECIPES = {
     "dvae": (pretrain_dvae, 2000),
     "dalle": (pretrain_dalle, 700),
     "ddpm": (pretrain_ddpm, 10000),
-    "ddpm-text": (pretrain_ddpm_text, 1500),
+    "ddpm-text": (pretrain_ddpm_text, 10000),
     "latent": (pretrain_latent, 4096),
     "dit": (pretrain_dit, 4000),
     "gpt": (pretrain_gpt, 2000),

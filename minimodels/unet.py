@@ -513,13 +513,16 @@ class TextToImage:
         return_intermediates: int = 0,
         bf16: bool = False,
         progress: bool = False,
-        clip_sample: bool = True,
+        clip_sample: bool = False,
     ):
         """One image per prompt: float (B, 3, H, W) in [0, 1].
 
         negative_prompt: a string (for all) or one per prompt, replacing "" as the
         unconditional branch. generator or seed make the result reproducible. clip_sample
-        clamps each step's x̂_0 to [-1, 1] (diffusers' default).
+        clamps each step's x̂_0 to [-1, 1]. It is off here, unlike in generate_unconditional:
+        guidance pushes x̂_0 far outside [-1, 1] on purpose, and clamping it fights the
+        guidance (with the shipped model and w = 3 it even turns red objects cyan), the
+        over-saturation that Imagen's "dynamic thresholding" was made for.
         """
         from minimodels.train import autocast
 

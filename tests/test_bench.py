@@ -53,3 +53,23 @@ def test_every_evaluator_has_a_size_in_bench_all():
 
     assert set(bench.EVALUATE_N) <= set(EVALUATORS)
     assert all(isinstance(n, int) and n >= 100 for n in bench.EVALUATE_N.values())
+
+
+def test_cell_seconds_reads_nbclient_timing():
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    timed = nbformat.v4.new_code_cell("1")
+    timed.metadata["execution"] = {
+        "iopub.status.busy": "2026-01-01T10:00:00.000000Z",
+        "iopub.status.idle": "2026-01-01T10:00:02.500000Z",
+    }
+    nb.cells = [timed, nbformat.v4.new_markdown_cell("text"), nbformat.v4.new_code_cell("2")]
+    assert bench._cell_seconds(nb) == [2.5]  # untimed cells are skipped
+
+
+def test_runtime_table_names_stalled_runs(tmp_path):
+    md = bench.write_runtime_table({"04_dalle": {"median_s": 62.9, "runs_s": [62.9, 56.9, 660.6]},
+                                    "05_ddpm": {"median_s": 64.1, "runs_s": [68.9, 64.1, 63.8]}},
+                                   MACHINE, tmp_path).read_text()  # fmt: skip
+    assert "04_dalle (661 s)" in md and "05_ddpm (" not in md

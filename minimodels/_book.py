@@ -431,6 +431,7 @@ def screenshots(root: Path = ROOT, width: int = 1280, height: int = 1400) -> lis
     `make book-instructor`, `make slides`).
     """
     try:
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
         from playwright.sync_api import sync_playwright
     except ImportError:
         raise SystemExit("screenshots need Playwright: pip install playwright") from None
@@ -449,9 +450,12 @@ def screenshots(root: Path = ROOT, width: int = 1280, height: int = 1400) -> lis
                 print(f"skip {name}: {file} is not built", file=sys.stderr)
                 continue
             url = (root / file).resolve().as_uri() + (f"#{anchor}" if anchor else "")
-            page.goto(url)
-            page.wait_for_load_state("networkidle")
-            page.wait_for_timeout(1500)  # widgets and MathJax render after the load event
+            try:  # offline, a page's few external links (fonts, launch buttons) never load
+                page.goto(url, wait_until="load", timeout=30_000)
+            except PlaywrightTimeout:
+                print(f"{name}: the page did not finish loading in 30 s; picture taken anyway",
+                      file=sys.stderr)  # fmt: skip
+            page.wait_for_timeout(2000)  # widgets and MathJax render after the load event
             png = out / f"{name}.png"
             page.screenshot(path=str(png))
             written.append(png)

@@ -205,7 +205,10 @@ STUDENT_NOTE = (
     "cell holds a working solution marked `# SOLUTION`: delete it, write your own, and run the "
     "check below.\n:::"
 )
-INSTRUCTOR_NOTE = ":::{admonition} Solution (instructors' edition)\n:class: tip\n:::"
+INSTRUCTOR_NOTE = (
+    ":::{admonition} Solution (instructors' edition)\n:class: tip\nThe cell below is a worked "
+    "solution. The student edition hides it and shows a note in its place.\n:::"
+)  # an admonition needs a body: an empty one is an error in the build
 
 
 def solutions_shown() -> bool:

@@ -124,6 +124,10 @@ def test_student_edition_hides_solutions_and_instructor_edition_shows_them():
     assert "remove-cell" not in solution["metadata"]["tags"]
     assert any("instructors' edition" in c["source"] for c in instructor["cells"])
     assert "remove-cell" not in nb["cells"][1]["metadata"]["tags"]  # the input is not modified
+    for note in (_book.STUDENT_NOTE, _book.INSTRUCTOR_NOTE):
+        # a MyST directive with no body is an error in the build ("Content block expected")
+        body = [line for line in note.splitlines()[1:-1] if not line.startswith(":")]
+        assert note.endswith(":::") and any(line.strip() for line in body), note
 
 
 def test_the_edition_follows_the_environment(monkeypatch):

@@ -275,7 +275,8 @@ class LlavaConfig:
     vision_config: CLIPConfig = field(default_factory=lambda: CLIPConfig(patch_size=2))
     text_config: GPTConfig = field(default_factory=GPTConfig)
     vision_feature_layer: int = -2  # LLaVA takes the penultimate layer's patch features
-    pool: int = 4  # average pool×pool neighbouring patches (1 = every patch, as LLaVA)
+    pool: int = 4  # merge pool×pool neighbouring patches into one token (1 = every patch, as LLaVA)
+    pool_mode: str = "avg"  # "avg": average them; "unshuffle": concatenate them (pixel unshuffle)
     projector: str = "mlp"  # "linear" (LLaVA) or "mlp" (LLaVA-1.5)
     image_token_id: int = TOKENIZER.image_token_id
 
@@ -292,12 +293,20 @@ class LlavaConfig:
             raise ValueError(f"pool must divide the patch grid ({grid}); got {self.pool}")
         if self.projector not in ("linear", "mlp"):
             raise ValueError(f"projector must be 'linear' or 'mlp'; got {self.projector!r}")
+        if self.pool_mode not in ("avg", "unshuffle"):
+            raise ValueError(f"pool_mode must be 'avg' or 'unshuffle'; got {self.pool_mode!r}")
 
     @property
     def num_image_tokens(self) -> int:
         """N: visual features (= <image> tokens) per image."""
         grid = self.vision_config.image_size // self.vision_config.patch_size
         return (grid // self.pool) ** 2
+
+    @property
+    def vision_feature_dim(self) -> int:
+        """D of Z_v: the tower's width, × pool² when neighbouring patches are concatenated."""
+        width = self.vision_config.vision_width
+        return width * self.pool**2 if self.pool_mode == "unshuffle" else width
 
 
 class LlavaForConditionalGeneration(nn.Module):
@@ -313,7 +322,7 @@ class LlavaForConditionalGeneration(nn.Module):
         self.vision_tower = CLIP(c.vision_config)
         self.vision_tower.requires_grad_(False)  # frozen in both stages
         self.multi_modal_projector = LlavaProjector(
-            c.vision_config.vision_width, c.text_config.n_embd, c.projector
+            c.vision_feature_dim, c.text_config.n_embd, c.projector
         )
         self.language_model = GPT(c.text_config)
         self.processor = LlavaProcessor(TOKENIZER, c.num_image_tokens, c.vision_config.image_size)
@@ -341,11 +350,14 @@ class LlavaForConditionalGeneration(nn.Module):
         """Z_v: frozen CLIP patch features, pooled: (B, 3, H, W) -> (B, N, D)."""
         c = self.config
         z = self.vision_tower.encode_image_features(pixel_values, c.vision_feature_layer)
-        if c.pool > 1:  # (B, g², D) -> (B, D, g, g) -> avg pool -> (B, (g/pool)², D)
+        if c.pool > 1:  # (B, g², D) -> (B, D, g, g)
             B, n, D = z.shape
             g = int(round(n**0.5))
             z = z.transpose(1, 2).reshape(B, D, g, g)
-            z = F.avg_pool2d(z, c.pool).flatten(2).transpose(1, 2)
+            if c.pool_mode == "avg":  # the mean of each pool×pool block: (B, (g/pool)², D)
+                z = F.avg_pool2d(z, c.pool).flatten(2).transpose(1, 2)
+            else:  # the block's pool² features side by side: (B, (g/pool)², pool²·D)
+                z = F.pixel_unshuffle(z, c.pool).flatten(2).transpose(1, 2)
         return z
 
     def get_image_features(self, pixel_values=None, vision_features=None) -> torch.Tensor:

@@ -122,6 +122,30 @@ def test_projector_linear_is_w_z_and_mlp_is_two_layers():
         lin(torch.randn(2, 5, 7))
 
 
+def test_pool_modes_average_or_concatenate_neighbouring_patches(data):
+    images, _ = data
+    torch.manual_seed(0)
+    avg = LlavaForConditionalGeneration(TINY).eval()
+    cat = LlavaForConditionalGeneration(
+        LlavaConfig(vision_config=TINY.vision_config, text_config=TINY.text_config, pool=2,
+                    pool_mode="unshuffle")
+    ).eval()  # fmt: skip
+    cat.vision_tower.load_state_dict(avg.vision_tower.state_dict())
+    D, g = TINY.vision_config.vision_width, 32 // 4  # 8×8 patches, pooled 2×2 -> 4×4 tokens
+    with torch.no_grad():
+        z = avg.vision_tower.encode_image_features(images, -2)  # (B, 64, D), row-major
+    grid = z.view(len(images), g, g, D)
+    block = grid[:, 2:4, 4:6]  # the 2×2 block of token (row 1, column 2) = token 6
+    za, zc = avg.vision_features(images), cat.vision_features(images)
+    assert za.shape == (4, 16, D) and zc.shape == (4, 16, 4 * D)
+    assert cat.multi_modal_projector.vision_dim == 4 * D == cat.config.vision_feature_dim
+    torch.testing.assert_close(za[:, 6], block.mean((1, 2)))
+    # pixel unshuffle keeps every number: channel d of patch (i, j) sits at d·4 + 2i + j
+    torch.testing.assert_close(zc[:, 6].view(-1, D, 2, 2), block.permute(0, 3, 1, 2))
+    with pytest.raises(ValueError, match="pool_mode"):
+        LlavaConfig(pool_mode="max")
+
+
 def test_processor_expands_image_and_labels_only_answers(tiny, data):
     images, _ = data
     proc = tiny.processor

@@ -321,6 +321,43 @@ def slide_types(notebook: dict) -> dict:
     return {**notebook, "cells": cells}
 
 
+BIBLIOGRAPHY = "book/references.bib"
+_ROLE = re.compile(r"\{([a-z:-]+)\}`([^`]*)`")  # a MyST role: {cite:p}`key1,key2`
+_LABEL = re.compile(r"^\([A-Za-z0-9_-]+\)=[ \t]*\n?", re.MULTILINE)  # a target line: (label)=
+
+
+def read_bibliography(path: Path) -> dict[str, str]:
+    """BibTeX keys -> short author-year citations: 'Vaswani et al., 2017'."""
+    text = path.read_text(encoding="utf-8")
+    out = {}
+    for match in re.finditer(r"@\w+\{([^,\s]+),(.*?)\n\}", text, re.DOTALL):
+        key, body = match.groups()
+        author = re.search(r"author\s*=\s*\{(.*?)\},?\s*\n", body, re.DOTALL)
+        year = re.search(r"year\s*=\s*\{?(\d{4})", body)
+        names = [n.strip() for n in author.group(1).split(" and ")] if author else ["?"]
+        surnames = [n.split(",")[0].replace("{", "").replace("}", "").strip() for n in names]
+        who = surnames[0] if len(surnames) == 1 else (
+            " and ".join(surnames) if len(surnames) == 2 else f"{surnames[0]} et al."
+        )  # fmt: skip
+        out[key] = f"{who}, {year.group(1) if year else 'n.d.'}"
+    return out
+
+
+def myst_for_slides(text: str, bibliography: dict[str, str]) -> str:
+    """Markdown that nbconvert can show: MyST target lines dropped, citations written out
+    ('(Vaswani et al., 2017)'), any other role reduced to its text. Jupyter Book renders these
+    itself; nbconvert's slides would show them raw."""
+
+    def role(match: re.Match) -> str:
+        name, body = match.groups()
+        if name.startswith("cite"):
+            cited = "; ".join(bibliography.get(k.strip(), k.strip()) for k in body.split(","))
+            return f"({cited})" if name != "cite:t" else cited
+        return re.sub(r"\s*<[^>]*>$", "", body)  # {ref}`text <target>` -> text
+
+    return _ROLE.sub(role, _LABEL.sub("", text))
+
+
 def _vendor_reveal(static: Path) -> bool:
     """reveal.js from npm into ``static/reveal.js`` (once); False when npm is unavailable."""
     if (static / "reveal.js" / "VERSION").is_file():
@@ -367,6 +404,8 @@ def slides(root: Path = ROOT, execute: bool = True, pattern: str = "*.ipynb") ->
             shutil.copytree(vendor / "mathjax", static / "mathjax")
         exporter.require_js_url = "_static/require.js"
         exporter.mathjax_url = "_static/mathjax/tex-mml-chtml.js"
+    bib_path = root / BIBLIOGRAPHY
+    bibliography = read_bibliography(bib_path) if bib_path.is_file() else {}
     written = []
     for path in sorted((root / NOTEBOOKS).glob(pattern)):
         executed = root / EXECUTED_DIR / path.name
@@ -380,6 +419,9 @@ def slides(root: Path = ROOT, execute: bool = True, pattern: str = "*.ipynb") ->
             notebook = json.loads(nbformat.writes(nb))
         else:
             notebook = json.loads(path.read_text(encoding="utf-8"))
+        for cell in notebook["cells"]:
+            if cell["cell_type"] == "markdown":
+                cell["source"] = myst_for_slides("".join(cell["source"]), bibliography)
         nb = nbformat.reads(json.dumps(slide_types(notebook)), as_version=4)
         html, _ = exporter.from_notebook_node(nb)
         if exporter.mathjax_url.startswith("_static/"):

@@ -467,8 +467,6 @@ def _make_scheduler(config: UNetConfig, name: str, clip_sample: bool = True) -> 
     kinds = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
     if name not in kinds:
         raise ValueError(f"scheduler must be 'ddpm' or 'ddim'; got {name!r}")
-    if not isinstance(clip_sample, bool):
-        raise TypeError(f"clip_sample must be True or False; got {clip_sample!r}")
     return kinds[name](config.num_train_timesteps, config.beta_schedule, clip_sample=clip_sample)
 
 

@@ -166,6 +166,26 @@ def test_slides_start_at_headings_and_skip_the_colab_cell():
     assert _book.slide_types(nb)["cells"][-1]["metadata"]["slideshow"]["slide_type"] == "fragment"
 
 
+def test_slides_write_out_citations_and_drop_myst_targets():
+    bib = _book.read_bibliography(ROOT / _book.BIBLIOGRAPHY)
+    assert bib["vaswani2017attention"] == "Vaswani et al., 2017"
+    text = "(clip-loss)=\n## The loss\nSee {cite:p}`vaswani2017attention,devlin2019bert`."
+    assert _book.myst_for_slides(text, bib) == (
+        "## The loss\nSee (Vaswani et al., 2017; Devlin et al., 2019)."
+    )
+    assert _book.myst_for_slides("{ref}`the map <lecture-map>`", bib) == "the map"
+    for source in SOURCES:
+        nb = json.loads(_book.render(source, "https://example.org/repo"))
+        for cell in nb["cells"]:
+            if cell["cell_type"] != "markdown":
+                continue
+            out = _book.myst_for_slides("".join(cell["source"]), bib)
+            assert "{cite" not in out and not re.search(r"^\([\w-]+\)=", out, re.M), source
+            # every cited key is in the bibliography (else the raw key would show)
+            for keys in re.findall(r"\{cite:p\}`([^`]*)`", "".join(cell["source"])):
+                assert {k.strip() for k in keys.split(",")} <= set(bib), (source, keys)
+
+
 # ---------------------------------------------------------------------------- lecture map
 
 

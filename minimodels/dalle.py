@@ -1,9 +1,10 @@
 """DALL-E in miniature: a discrete VAE (stage 1), an autoregressive text-to-image prior (stage 2).
 
-Stage 1, the dVAE, turns a 32×32 image into an 8×8 grid of integer codes in [0, K) and back:
+Stage 1, the dVAE, turns a 32×32 image into an h×w grid of integer codes in [0, K) and back
+(the shipped one: downsample=2, a 16×16 grid; the config's default, 4, gives 8×8):
 
-    encoder: image (B, 3, 32, 32) -> logits (B, K, 8, 8)       one distribution per grid cell
-    codes:   argmax over K        -> (B, 8, 8)                 the image's "tokens"
+    encoder: image (B, 3, 32, 32) -> logits (B, K, h, w)       one distribution per grid cell
+    codes:   argmax over K        -> (B, h, w)                 the image's "tokens"
     decoder: codebook[codes]      -> image (B, 3, 32, 32)
 
 Three ways to make the discrete step trainable are implemented (`DVAEConfig.quantizer`):
@@ -149,7 +150,7 @@ def nearest_code(z_e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 @dataclass
 class DVAEConfig:
     image_size: int = 32
-    downsample: int = 4  # the grid is image_size / downsample cells wide (32 -> 8×8)
+    downsample: int = 4  # the grid is image_size / downsample cells wide (32 -> 8×8; 2: 16×16)
     codebook_size: int = 128  # K
     code_dim: int = 32  # width of each codebook vector e_j
     hidden: int = 48  # channels of the conv stacks
@@ -518,6 +519,42 @@ class DALLEPrior(nn.Module):
             "text": text_loss,
         }
 
+    def forward_cached(self, tokens: torch.Tensor, cache: list) -> torch.Tensor:
+        """`forward` for the next tokens only, given the keys and values of the earlier ones.
+
+        tokens (B, t) sit at positions P..P+t−1, where P is how many tokens `cache` already
+        holds (start with ``cache = []``); their keys and values are appended to `cache`. The
+        logits (B, t, V) equal those of ``forward`` on the whole sequence, at a fraction of
+        the cost: sampling 256 codes one by one re-reads the cache instead of re-running every
+        earlier position at every step (the KV cache of every autoregressive sampler).
+        """
+        c = self.config
+        P = cache[0][0].shape[2] if cache else 0
+        B, T = tokens.shape
+        if P + T > c.seq_len:
+            raise ValueError(f"the cache holds {P} positions; {T} more exceed {c.seq_len}")
+        x = self.token_embedding(tokens.to(self.device)) + self.position_embedding[P : P + T]
+        for i, block in enumerate(self.blocks):
+            a = block.attn
+            nh, hs = a.num_heads, a.head_dim
+            h = block.ln_1(x)  # (B, T, C)
+            q, k, v = (
+                proj(h).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+                for proj in (a.q_proj, a.k_proj, a.v_proj)
+            )
+            if len(cache) > i:  # keys and values of positions 0..P−1, then the new ones
+                k = torch.cat([cache[i][0], k], 2)
+                v = torch.cat([cache[i][1], v], 2)
+                cache[i] = (k, v)
+            else:
+                cache.append((k, v))
+            # new query t (position P + t) sees keys 0..P + t: causal, bottom-right aligned
+            keep = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(P)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, nh, T, hs)
+            x = x + a.out_proj(y.transpose(1, 2).reshape(B, T, -1))
+            x = x + block.mlp(block.ln_2(x))
+        return self.head(self.ln_f(x))  # (B, T, V)
+
     @torch.no_grad()
     def sample_codes(
         self,
@@ -529,15 +566,19 @@ class DALLEPrior(nn.Module):
         """Sample image codes (B, grid, grid) for B prompts, one code at a time, raster order."""
         c = self.config
         seq = self.sequence(prompts, torch.zeros(len(prompts), 0, dtype=torch.long))
-        seq = seq.to(self.device)  # (B, L + 1)
+        seq = seq.to(self.device)  # (B, L + 1): text and <soi>
+        cache: list = []
+        step_in = seq  # the first step reads the whole prompt, later steps one new code
         for _ in range(c.grid**2):
-            logits = self(seq)[:, -1, c.text_vocab_size :] / temperature  # (B, K) codes only
+            logits = self.forward_cached(step_in, cache)[:, -1, c.text_vocab_size :]  # (B, K)
+            logits = logits / temperature
             if top_k is not None and top_k < c.codebook_size:
                 kth = logits.topk(top_k, dim=-1).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
             probs = logits.softmax(-1)
             nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(self.device)  # (B,1)
-            seq = torch.cat([seq, nxt + c.text_vocab_size], 1)
+            step_in = nxt + c.text_vocab_size
+            seq = torch.cat([seq, step_in], 1)
         return (seq[:, c.text_length + 1 :] - c.text_vocab_size).view(-1, c.grid, c.grid)
 
 
@@ -720,10 +761,18 @@ def faithful(readings: list[dict], color: str, shape: str) -> list[bool]:
 
 @torch.no_grad()
 def evaluate_dalle(
-    pipe: DALLE, judge, clip, seed: int = 0, n: int = 100, candidates: int = 8
+    pipe: DALLE,
+    judge,
+    clip,
+    seed: int = 0,
+    n: int = 100,
+    candidates: int = 8,
+    temperature: float = 1.0,
+    top_k: int | None = None,
 ) -> dict:
     """prompt_faithfulness (one sample per prompt), _reranked (best of `candidates` by CLIP),
-    _heldout (colour-shape pairs never seen in training). Prompts: 'a {colour} {shape}'."""
+    _heldout (colour-shape pairs never seen in training). Prompts: 'a {colour} {shape}';
+    samples drawn with `temperature` and `top_k` (see `DALLE.generate`)."""
     rng = np.random.default_rng([seed, 11])
     out = {}
     pairs = {"train": sw.TRAIN_PAIRS, "heldout": sw.HELDOUT_PAIRS}
@@ -734,7 +783,7 @@ def evaluate_dalle(
         chosen = [pairs[split][i] for i in rng.integers(len(pairs[split]), size=n)]
         prompts = [f"a {c} {s}" for c, s in chosen]
         per = candidates if split == "train" else 1
-        images = pipe.generate(prompts, n_per_prompt=per, seed=seed)  # (n·per, 3, H, W)
+        images = pipe.generate(prompts, per, temperature, top_k, seed=seed)  # (n·per, 3, H, W)
         readings = judge.read(images)
         ok = np.array(
             [faithful([r], c, s)[0] for r, (c, s) in zip(readings, np.repeat(chosen, per, 0))]

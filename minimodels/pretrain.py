@@ -82,12 +82,14 @@ def pretrain_ddpm_text(steps: int, seed: int, device=None):
 def pretrain_llava(steps: int, seed: int, device=None):
     # from the shipped clip and gpt: stage 1 (projector, steps // 5), stage 2 (projector + LM,
     # `steps`), the blind baseline (steps // 3); the stage-1 model and the blind LM are written
-    # beside the weights as llava_stage1.* and llava_blind.*
+    # beside the weights as llava_stage1.* and llava_blind.*. Each 4×4 block of patch features
+    # is concatenated, not averaged (pool_mode="unshuffle"): with 1000 steps on 6000 scenes
+    # both gave vqa 0.57; 6000 steps on 20000 scenes gave 0.73 (caption_attr 0.13 -> 0.61).
     from minimodels.llava import save_companions, train_llava
 
     model, stage1, blind, history = train_llava(
         stage1_steps=steps // 5, stage2_steps=steps, blind_steps=steps // 3, seed=seed,
-        device=device,
+        n_scenes=20_000, config_kwargs={"pool_mode": "unshuffle"}, device=device,
     )  # fmt: skip
     save_companions(stage1, blind, command=f"python -m minimodels.pretrain llava --steps "
                     f"{steps} --seed {seed}")  # fmt: skip
@@ -95,17 +97,18 @@ def pretrain_llava(steps: int, seed: int, device=None):
 
 
 def pretrain_dvae(steps: int, seed: int, device=None):
-    # 32×32 -> 8×8 codes, K = 128; Gumbel-softmax with τ from 1 to 1/16 (see dalle.train_dvae)
+    # 32×32 -> 16×16 codes, K = 128; Gumbel-softmax with τ from 1 to 1/16 (see dalle.train_dvae).
+    # An 8×8 grid (downsample=4) kept colour but not shape: the judge read 0.35 of its
+    # reconstructions right, against 0.93 for 16×16 cells of 2×2 pixels.
     from minimodels.dalle import DVAEConfig, train_dvae
 
-    return train_dvae(
-        steps=steps, batch_size=32, seed=seed, config=DVAEConfig(codebook_size=128, hidden=32),
-        beta=0.0, diversity=0.05, device=device,
-    )  # fmt: skip
+    config = DVAEConfig(codebook_size=128, hidden=32, downsample=2)
+    return train_dvae(steps=steps, batch_size=32, seed=seed, config=config, beta=0.0,
+                      diversity=0.05, device=device)  # fmt: skip
 
 
 def pretrain_dalle(steps: int, seed: int, device=None):
-    # the prior over [text, <soi>, 64 codes of the shipped dVAE]; 75 % single-object scenes
+    # the prior over [text, <soi>, 256 codes of the shipped dVAE]; 75 % single-object scenes
     from minimodels.dalle import load_dvae, train_prior
 
     return train_prior(load_dvae(device=device), steps=steps, batch_size=32, seed=seed,
@@ -134,13 +137,13 @@ RECIPES = {
     "vilbert": (pretrain_vilbert, 5000),
     "vilt": (pretrain_vilt, 700),
     "dvae": (pretrain_dvae, 2000),
-    "dalle": (pretrain_dalle, 700),
+    "dalle": (pretrain_dalle, 3000),
     "ddpm": (pretrain_ddpm, 10000),
     "ddpm-text": (pretrain_ddpm_text, 10000),
     "latent": (pretrain_latent, 4096),
     "dit": (pretrain_dit, 4000),
     "gpt": (pretrain_gpt, 2000),
-    "llava": (pretrain_llava, 1000),
+    "llava": (pretrain_llava, 6000),
 }
 
 

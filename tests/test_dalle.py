@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import minimodels
 from minimodels import dalle
 from minimodels import shapeworld as sw
 from minimodels.checkpoint import load_model, save_model
@@ -173,6 +174,21 @@ def test_prior_is_causal_and_its_loss_weights_text(pipe):
     torch.testing.assert_close(terms["image"], ce)
 
 
+def test_kv_cache_gives_the_full_forward_logits(pipe):
+    prior = pipe.prior
+    tokens = prior.sequence(["a red circle", "a cyan cross"], torch.randint(0, 16, (2, 8, 8)))
+    full = prior(tokens)  # (2, seq_len, V)
+    cache: list = []
+    with torch.no_grad():
+        parts = [prior.forward_cached(tokens[:, :17], cache)]  # the prompt at once
+        parts += [prior.forward_cached(tokens[:, t : t + 1], cache) for t in range(17, 40)]
+        parts.append(prior.forward_cached(tokens[:, 40:], cache))  # several new tokens
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-4)
+    assert len(cache) == TINY_PRIOR.layers and cache[0][0].shape[2] == TINY_PRIOR.seq_len
+    with pytest.raises(ValueError, match="exceed"):
+        prior.forward_cached(tokens[:, :1], cache)
+
+
 def test_generate_is_deterministic_and_grouped_by_prompt(pipe):
     a, codes = pipe.generate(["a red circle", "a cyan cross"], 3, seed=4, return_codes=True)
     assert a.shape == (6, 3, 32, 32) and codes.shape == (6, 8, 8)
@@ -263,6 +279,15 @@ def test_shipped_dvae_meets_the_bars_on_a_fresh_seed():
     metrics = dalle.evaluate_dvae(model, seed=12345, n=300)
     assert metrics["psnr"] >= 24, metrics
     assert metrics["codebook_perplexity"] >= metrics["codebook_size"] / 4, metrics
+
+
+def test_shipped_pipeline_meets_the_bars_on_a_fresh_seed():
+    # issue 5's bars: faithful to the prompt ≥ 0.70 with one sample, ≥ 0.80 with CLIP's pick of 8
+    pipe = dalle.load_pretrained(device="cpu")
+    judge, clip = minimodels.pretrained("judge", "cpu"), minimodels.pretrained("clip", "cpu")
+    metrics = dalle.evaluate_dalle(pipe, judge, clip, seed=12345, n=100)
+    assert metrics["prompt_faithfulness"] >= 0.70, metrics
+    assert metrics["prompt_faithfulness_reranked"] >= 0.80, metrics
 
 
 def test_shipped_pipeline_loads_and_generates():

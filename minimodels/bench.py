@@ -70,8 +70,9 @@ def run_notebook(path: Path, timeout: int = 600, notebook=None) -> float:
     wall = time.perf_counter() - start
     cells = _cell_seconds(nb)
     if cells and wall - sum(cells) > 60:
-        # the kernel's start, hand-shake or shutdown took over a minute: not the notebook's own
-        # time (seen here now and then: ~600 s waits with kernel and client both idle)
+        # over a minute outside the cells: not the notebook's own time. Seen here now and then
+        # right after a widgets.interact cell: the reply arrives on time but the client only
+        # reads it when its `timeout` runs out (nbclient issue #312)
         print(f"warning: {path.name}: {wall:.0f} s in all but {sum(cells):.0f} s in its cells",
               file=sys.stderr, flush=True)  # fmt: skip
     return wall

@@ -352,14 +352,27 @@ def diffusion_loss(
     context=None,
     context_mask=None,
     generator: torch.Generator | None = None,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
-    """The simple DDPM objective: L = E_{x_0, t, ε} ‖ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)‖²."""
+    """The simple DDPM objective: L = E_{x_0, t, ε} ‖ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)‖².
+
+    snr_gamma=γ weights each example by min(SNR_t, γ) / SNR_t, SNR_t = ᾱ_t / (1-ᾱ_t): the
+    Min-SNR weighting (Hang et al., 2023; diffusers' --snr_gamma), which stops the many
+    nearly clean timesteps, where the noise is easy to find, from dominating the gradient.
+    """
+    if snr_gamma is not None and not (isinstance(snr_gamma, (int, float)) and snr_gamma > 0):
+        raise ValueError(f"snr_gamma must be None or a positive number, e.g. 5; got {snr_gamma!r}")
     B = x0.shape[0]
     t = torch.randint(0, scheduler.num_train_timesteps, (B,), generator=generator)  # t ~ U
     noise = torch.randn(x0.shape, generator=generator)  # ε ~ N(0, I)
     x_t = scheduler.add_noise(x0, noise.to(x0.device), t)  # the closed form q(x_t | x_0)
     eps = model(x_t, t.to(x0.device), context, context_mask)
-    return F.mse_loss(eps.float(), noise.to(x0.device))  # ‖ε - ε_θ‖²
+    if snr_gamma is None:
+        return F.mse_loss(eps.float(), noise.to(x0.device))  # ‖ε - ε_θ‖²
+    snr = scheduler.alphas_cumprod[t] / (1 - scheduler.alphas_cumprod[t])  # (B,)
+    weight = (snr.clamp(max=snr_gamma) / snr).to(x0.device)  # min(SNR, γ) / SNR ≤ 1
+    per_example = (eps.float() - noise.to(x0.device)).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    return (weight * per_example).mean()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -580,6 +593,7 @@ def train_unet(
     config: UNetConfig | None = None,
     text: bool = False,
     time_budget: float | None = None,
+    snr_gamma: float | None = None,
     progress: bool = True,
     device=None,
 ):
@@ -587,6 +601,7 @@ def train_unet(
 
     text=True conditions on the frozen CLIP text tower's token features (cross-attention),
     replacing the prompt by "" for config.cond_dropout of the examples (for CFG).
+    snr_gamma=γ trains with the Min-SNR weighting (see diffusion_loss).
     """
     from minimodels.train import fit, get_device, seed_everything
 
@@ -608,7 +623,7 @@ def train_unet(
             drop = torch.rand(len(prompts), generator=gen) < config.cond_dropout
             prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]  # CFG dropout
             ctx, mask = (v.to(dev) for v in encoder(prompts))
-        return diffusion_loss(model, scheduler, x0.to(dev), ctx, mask, generator=gen)
+        return diffusion_loss(model, scheduler, x0.to(dev), ctx, mask, gen, snr_gamma)
 
     history = fit(
         model, loss_fn, lambda s: training_batch(s, batch_size, seed, config.sample_size),

@@ -234,6 +234,38 @@ def test_unet_shapes_time_and_text_conditioning():
         UNetConfig(beta_schedule="nope")
 
 
+def test_diffusion_loss_min_snr_weighting():
+    from minimodels.unet import UNet2DModel, UNetConfig, diffusion_loss
+
+    torch.manual_seed(0)
+    m = UNet2DModel(UNetConfig(sample_size=8, block_out_channels=(8, 16), attention_head_dim=8,
+                               norm_num_groups=4, beta_schedule="cosine"))  # fmt: skip
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    sched = DDPMScheduler(1000, "cosine")
+    x0 = torch.rand(6, 3, 8, 8) * 2 - 1
+
+    def loss(gamma):
+        return diffusion_loss(m, sched, x0, generator=torch.Generator().manual_seed(3),
+                              snr_gamma=gamma)  # fmt: skip
+
+    # the same draws by hand: t, ε, then min(SNR_t, γ) / SNR_t times each example's error
+    gen = torch.Generator().manual_seed(3)
+    t = torch.randint(0, 1000, (6,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    with torch.no_grad():
+        err = (m(sched.add_noise(x0, noise, t), t) - noise).pow(2).mean(dim=(1, 2, 3))
+    snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
+    weight = torch.minimum(snr, torch.tensor(2.0)) / snr
+    assert weight.min() < 0.5 and weight.max() == 1.0  # the draws cover both regimes
+    torch.testing.assert_close(loss(2.0), (weight * err).mean())
+    torch.testing.assert_close(loss(None), err.mean())  # unweighted: the plain MSE
+    torch.testing.assert_close(loss(1e9), err.mean())  # γ above every SNR: no weighting
+    for bad in (0, -1.0, "5"):
+        with pytest.raises(ValueError, match="snr_gamma"):
+            loss(bad)
+
+
 def test_pipeline_guidance_and_negative_prompt():
     from minimodels.unet import TextToImage, UNet2DModel, UNetConfig
 

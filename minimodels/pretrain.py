@@ -62,12 +62,13 @@ def pretrain_ddpm(steps: int, seed: int, device=None):
     # unconditional U-Net (16/32/64 channels) on 20×20 scenes of one large object. The cosine
     # schedule: with t drawn uniformly, the linear one spends a third of training on nearly pure
     # noise (ᾱ_t < 0.01; cosine: 6 %); 10000 cosine steps gave twice the valid samples of 8000
-    # linear ones
+    # linear ones. Min-SNR weighting, γ = 5: 11000 steps gave 0.70 valid DDIM-50 samples (γ = 2:
+    # 0.65), where 10000 unweighted steps gave 0.56; after 3000 steps, 0.07 unweighted
     from minimodels.unet import UNetConfig, train_unet
 
     config = UNetConfig(beta_schedule="cosine")
     return train_unet(steps=steps, batch_size=32, seed=seed, lr=2e-3, config=config,
-                      device=device)  # fmt: skip
+                      snr_gamma=5.0, device=device)  # fmt: skip
 
 
 def pretrain_ddpm_text(steps: int, seed: int, device=None):
@@ -138,7 +139,7 @@ RECIPES = {
     "vilt": (pretrain_vilt, 700),
     "dvae": (pretrain_dvae, 2000),
     "dalle": (pretrain_dalle, 3000),
-    "ddpm": (pretrain_ddpm, 10000),
+    "ddpm": (pretrain_ddpm, 11000),
     "ddpm-text": (pretrain_ddpm_text, 10000),
     "latent": (pretrain_latent, 4096),
     "dit": (pretrain_dit, 4000),

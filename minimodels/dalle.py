@@ -533,26 +533,11 @@ class DALLEPrior(nn.Module):
         B, T = tokens.shape
         if P + T > c.seq_len:
             raise ValueError(f"the cache holds {P} positions; {T} more exceed {c.seq_len}")
+        if not cache:
+            cache.extend([] for _ in self.blocks)  # one [K, V] per layer
         x = self.token_embedding(tokens.to(self.device)) + self.position_embedding[P : P + T]
-        for i, block in enumerate(self.blocks):
-            a = block.attn
-            nh, hs = a.num_heads, a.head_dim
-            h = block.ln_1(x)  # (B, T, C)
-            q, k, v = (
-                proj(h).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-                for proj in (a.q_proj, a.k_proj, a.v_proj)
-            )
-            if len(cache) > i:  # keys and values of positions 0..P−1, then the new ones
-                k = torch.cat([cache[i][0], k], 2)
-                v = torch.cat([cache[i][1], v], 2)
-                cache[i] = (k, v)
-            else:
-                cache.append((k, v))
-            # new query t (position P + t) sees keys 0..P + t: causal, bottom-right aligned
-            keep = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(P)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, nh, T, hs)
-            x = x + a.out_proj(y.transpose(1, 2).reshape(B, T, -1))
-            x = x + block.mlp(block.ln_2(x))
+        for block, layer_cache in zip(self.blocks, cache):
+            x = block(x, is_causal=True, kv_cache=layer_cache)  # position P + t sees 0..P + t
         return self.head(self.ln_f(x))  # (B, T, V)
 
     @torch.no_grad()

@@ -143,6 +143,12 @@ class MultiHeadAttention(nn.Module):
 
     Returns ``out`` (B, T, dim), or ``(out, weights)`` with weights (B, num_heads, T, S) when
     ``return_attention=True`` (weights are before dropout, for plotting).
+
+    KV cache (self-attention while generating): pass ``kv_cache=[]`` with the first tokens,
+    then the same list with each next token(s). The list keeps ``[K, V]`` (B, nh, P, hs) of
+    the P positions seen so far; new queries attend to those keys and to the new ones, so a
+    step costs one token's work instead of re-running the whole prefix. With ``is_causal``
+    the new token t sits at position P + t and sees keys 0..P + t.
     """
 
     def __init__(
@@ -180,7 +186,7 @@ class MultiHeadAttention(nn.Module):
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, context_dim={self.context_dim}"
 
-    def _keep_mask(self, B, T, S, device, key_padding_mask, attn_mask, is_causal):
+    def _keep_mask(self, B, T, S, device, key_padding_mask, attn_mask, is_causal, offset=0):
         """AND of all masks as one bool tensor broadcastable to (B, nh, T, S), or None."""
         keep = None
         if key_padding_mask is not None:
@@ -191,8 +197,8 @@ class MultiHeadAttention(nn.Module):
             m = attn_mask.to(device)
             m = m[None, None] if m.ndim == 2 else m[:, None]  # (1 or B, 1, T, S)
             keep = m if keep is None else keep & m
-        if is_causal:
-            causal = torch.ones(T, S, dtype=torch.bool, device=device).tril()  # key s ≤ query t
+        if is_causal:  # key s ≤ query t; the queries start at position `offset` (a KV cache)
+            causal = torch.ones(T, S, dtype=torch.bool, device=device).tril(offset)
             causal = causal[None, None]  # (1, 1, T, S)
             keep = causal if keep is None else keep & causal
         return keep
@@ -206,6 +212,7 @@ class MultiHeadAttention(nn.Module):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
         return_attention: bool = False,
+        kv_cache: list | None = None,
     ):
         _check_float_tensor(x, "x", 3, "(B, T, dim)", module_device(self))
         if x.shape[-1] != self.dim:
@@ -234,6 +241,11 @@ class MultiHeadAttention(nn.Module):
                 )
         if not isinstance(is_causal, bool):
             raise TypeError(f"is_causal must be a bool; got {is_causal!r}")
+        if kv_cache is not None:
+            if not isinstance(kv_cache, list) or len(kv_cache) not in (0, 2):
+                raise TypeError("kv_cache must be a list: [] at the start, then [K, V]")
+            if context is not x:
+                raise ValueError("kv_cache is for self-attention only; got a context")
 
         B, T, C = x.shape
         S = context.shape[1]
@@ -243,9 +255,16 @@ class MultiHeadAttention(nn.Module):
         q = self.q_proj(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = self.k_proj(context).view(B, S, nh, hs).transpose(1, 2)  # (B, nh, S, hs)
         v = self.v_proj(context).view(B, S, nh, hs).transpose(1, 2)  # (B, nh, S, hs)
+        P = 0  # positions already in the KV cache
+        if kv_cache is not None:  # keys and values of the P earlier positions, then these
+            if kv_cache:
+                P = kv_cache[0].shape[2]
+                k, v = torch.cat([kv_cache[0], k], 2), torch.cat([kv_cache[1], v], 2)
+            kv_cache[:] = [k, v]  # (B, nh, P + T, hs)
+            S = P + T
 
-        only_causal = is_causal and key_padding_mask is None and attn_mask is None
-        keep = self._keep_mask(B, T, S, x.device, key_padding_mask, attn_mask, is_causal)
+        only_causal = is_causal and key_padding_mask is None and attn_mask is None and P == 0
+        keep = self._keep_mask(B, T, S, x.device, key_padding_mask, attn_mask, is_causal, P)
         row_ok = None
         if keep is not None and not only_causal:
             # A query row with no key left would be softmax over all -inf = NaN. Let such rows
@@ -309,6 +328,7 @@ class TransformerBlock(nn.Module):
     ``context_padding_mask`` (B, S) to cross-attention; all bool, True = keep (see
     `MultiHeadAttention`). With ``return_attention=True`` it returns ``(x, attn)`` where
     ``attn`` is a dict ``{"self": (B, nh, T, T)}`` plus ``"cross": (B, nh, T, S)`` if present.
+    ``kv_cache`` goes to the self-attention (see `MultiHeadAttention`).
     """
 
     def __init__(
@@ -357,6 +377,7 @@ class TransformerBlock(nn.Module):
         is_causal: bool = False,
         context_padding_mask: torch.Tensor | None = None,
         return_attention: bool = False,
+        kv_cache: list | None = None,
     ):
         if self.cross_attention and context is None:
             raise ValueError(
@@ -380,6 +401,7 @@ class TransformerBlock(nn.Module):
             attn_mask=attn_mask,
             is_causal=is_causal,
             return_attention=return_attention,
+            kv_cache=kv_cache,
         )
         if return_attention:
             h, weights["self"] = h

@@ -364,14 +364,14 @@ def diffusion_loss(
         raise ValueError(f"snr_gamma must be None or a positive number, e.g. 5; got {snr_gamma!r}")
     B = x0.shape[0]
     t = torch.randint(0, scheduler.num_train_timesteps, (B,), generator=generator)  # t ~ U
-    noise = torch.randn(x0.shape, generator=generator)  # ε ~ N(0, I)
-    x_t = scheduler.add_noise(x0, noise.to(x0.device), t)  # the closed form q(x_t | x_0)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # ε ~ N(0, I)
+    x_t = scheduler.add_noise(x0, noise, t)  # the closed form q(x_t | x_0)
     eps = model(x_t, t.to(x0.device), context, context_mask)
     if snr_gamma is None:
-        return F.mse_loss(eps.float(), noise.to(x0.device))  # ‖ε - ε_θ‖²
+        return F.mse_loss(eps.float(), noise)  # ‖ε - ε_θ‖²
     snr = scheduler.alphas_cumprod[t] / (1 - scheduler.alphas_cumprod[t])  # (B,)
     weight = (snr.clamp(max=snr_gamma) / snr).to(x0.device)  # min(SNR, γ) / SNR ≤ 1
-    per_example = (eps.float() - noise.to(x0.device)).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    per_example = (eps.float() - noise).pow(2).mean(dim=(1, 2, 3))  # (B,)
     return (weight * per_example).mean()
 
 

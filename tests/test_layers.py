@@ -257,6 +257,25 @@ def test_block_without_cross_attention_returns_self_weights_only():
     assert block.mlp[0].out_features == 16
 
 
+def test_kv_cache_gives_the_causal_forward_of_the_whole_sequence():
+    torch.manual_seed(0)
+    block = TransformerBlock(16, 4).eval()
+    x = torch.randn(2, 9, 16)
+    full = block(x, is_causal=True)
+    cache: list = []
+    with torch.no_grad():  # 4 positions at once, then one at a time, then the last two
+        parts = [block(x[:, :4], is_causal=True, kv_cache=cache)]
+        parts += [block(x[:, t : t + 1], is_causal=True, kv_cache=cache) for t in (4, 5, 6)]
+        parts.append(block(x[:, 7:], is_causal=True, kv_cache=cache))
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-4)
+    assert cache[0].shape == (2, 4, 9, 4)  # K: (B, nh, positions seen, head size)
+    mha = MultiHeadAttention(16, 4, context_dim=8)
+    with pytest.raises(ValueError, match="self-attention only"):
+        mha(x, torch.randn(2, 3, 8), kv_cache=[])
+    with pytest.raises(TypeError, match="kv_cache must be a list"):
+        MultiHeadAttention(16, 4)(x, kv_cache=(None,))
+
+
 def test_eval_mode_is_deterministic_and_dtype_follows_input():
     torch.manual_seed(0)
     block = TransformerBlock(8, 2, dropout=0.5).eval()

@@ -242,13 +242,7 @@ class GPT(nn.Module):
                 got = getattr(attention_mask, "shape", type(attention_mask).__name__)
                 raise ValueError(f"attention_mask must have shape {(B, T)}; got {got}")
             keep = attention_mask.to(self.device).bool()  # (B, T) True = real token
-        position_ids = (keep.long().cumsum(-1) - 1).clamp(min=0)  # (B, T): 0, 1, … per row
-        x = x + self.wpe(position_ids)  # h₀ = E[w] + P[t]
-        padded = not bool(keep.all())
-        for block in self.blocks:
-            # causal: token t sees tokens ≤ t; padding keys are hidden as well
-            x = block(x, key_padding_mask=keep if padded else None, is_causal=True)
-        logits = F.linear(self.ln_f(x), self.wte.weight)  # logits = LN(h) Eᵀ: (B, T, V)
+        logits = self._decode(x, keep)  # (B, T, V)
         loss = None
         if labels is not None:
             if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (B, T):
@@ -266,6 +260,23 @@ class GPT(nn.Module):
             loss = causal_lm_loss(logits, labels.to(self.device).long())
         return CausalLMOutput(loss=loss, logits=logits)
 
+    def _decode(self, x: torch.Tensor, keep: torch.Tensor, caches: list | None = None):
+        """Embeddings x (B, T, C) of the last T positions -> logits (B, T, V).
+
+        keep (B, P + T): True at the real tokens of every position so far. caches: None, or
+        one list per block holding the keys and values of the P earlier positions (see
+        layers.MultiHeadAttention's kv_cache), extended in place.
+        """
+        T = x.shape[1]
+        position_ids = (keep.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # 0, 1, … per row
+        x = x + self.wpe(position_ids)  # h₀ = E[w] + P[t]
+        padded = not bool(keep.all())
+        for i, block in enumerate(self.blocks):
+            # causal: token t sees tokens ≤ t; padding keys are hidden as well
+            x = block(x, key_padding_mask=keep if padded else None, is_causal=True,
+                      kv_cache=None if caches is None else caches[i])  # fmt: skip
+        return F.linear(self.ln_f(x), self.wte.weight)  # logits = LN(h) Eᵀ: (B, T, V)
+
     @torch.no_grad()
     def generate(
         self,
@@ -280,7 +291,8 @@ class GPT(nn.Module):
         pad_token_id: int = TOKENIZER.pad_token_id,
         seed: int | None = None,
     ) -> torch.Tensor:
-        """Continue a batch of prompts token by token (no KV cache: short sequences here).
+        """Continue a batch of prompts token by token, with a KV cache: the prompt is run
+        once, then each step feeds only the newest token.
 
         Greedy (argmax) by default; do_sample=True draws from softmax(logits / temperature),
         restricted to the top_k tokens if given; `seed` makes sampling repeatable. Prompts of
@@ -320,8 +332,9 @@ class GPT(nn.Module):
         self.eval()
         new = []
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
+        caches = [[] for _ in self.blocks]  # per block: [K, V] of the positions so far
         for _ in range(max_new_tokens):
-            logits = self(inputs_embeds=embeds, attention_mask=mask).logits[:, -1]  # (B, V)
+            logits = self._decode(embeds, mask.bool(), caches)[:, -1]  # (B, V)
             if do_sample:
                 logits = logits / temperature  # softmax(z / τ)
                 if top_k is not None:
@@ -335,7 +348,7 @@ class GPT(nn.Module):
             new.append(nxt)
             if eos_token_id is not None:
                 done = done | (nxt == eos_token_id)
-            embeds = torch.cat([embeds, self.wte(nxt)[:, None]], dim=1)  # (B, T+1, C)
+            embeds = self.wte(nxt)[:, None]  # (B, 1, C): the cache holds the rest
             mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=mask.device)], 1)
             if done.all():
                 break

@@ -106,6 +106,24 @@ def test_generate_greedy_sampled_and_eos(model):
     assert stopped.shape[1] == ids.shape[1] + 1
 
 
+def test_kv_cache_matches_the_full_forward_pass_with_left_padding(model):
+    rows = [TOKENIZER.encode(t, add_special_tokens=False)
+            for t in ("<bos> a red", "<bos> how many shapes are there")]  # fmt: skip
+    T = max(len(r) for r in rows)
+    ids = torch.tensor([[TOKENIZER.pad_token_id] * (T - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=6, eos_token_id=None)
+    full_mask = torch.cat([mask, torch.ones(2, 6, dtype=torch.long)], 1)
+    logits = model(out[:, :-1], attention_mask=full_mask[:, :-1]).logits  # (2, T + 5, V)
+    assert torch.equal(logits[:, T - 1 :].argmax(-1), out[:, T:])  # greedy, step by step
+    # the cache fed 4 positions, then 1, then 3 gives the logits of one full pass
+    caches = [[] for _ in model.blocks]
+    emb, keep = model.get_input_embeddings()(out[:, :-1]), full_mask[:, :-1].bool()
+    parts = [model._decode(emb[:, a:b], keep[:, :b], caches)
+             for a, b in ((0, 4), (4, 5), (5, T + 5))]  # fmt: skip
+    torch.testing.assert_close(torch.cat(parts, 1)[keep], logits[keep], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "kwargs, err, words",
     [

@@ -25,6 +25,7 @@ _PRETRAINED = {
     "latent": ("minimodels.latent", "load_pretrained"),
     "dit": ("minimodels.latent", "load_pipeline"),
     "ddpm": ("minimodels.unet", "load_pretrained"),
+    "ddpm-weak": ("minimodels.unet", "load_pretrained_weak"),
     "ddpm-text": ("minimodels.unet", "load_pretrained_text"),
     "gpt": ("minimodels.gpt", "load_pretrained"),
     "llava": ("minimodels.llava", "load_pretrained"),

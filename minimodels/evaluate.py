@@ -26,11 +26,18 @@ def evaluate_clip(seed: int, n: int, device=None) -> dict:
 
 
 def evaluate_ddpm(seed: int, n: int, device=None) -> dict:
-    # the unconditional U-Net (ddpm) and the text-to-image pipeline (ddpm-text); the
-    # seconds per image vary by machine and load
-    from minimodels.unet import evaluate_ddpm, load_pretrained, load_pretrained_text
+    # the unconditional U-Net (ddpm, autoguided by ddpm-weak) and the text-to-image pipeline
+    # (ddpm-text); the seconds per image vary by machine and load
+    from minimodels.unet import (
+        evaluate_ddpm,
+        load_pretrained,
+        load_pretrained_text,
+        load_pretrained_weak,
+    )
 
-    return evaluate_ddpm(load_pretrained(device), load_pretrained_text(device), seed=seed, n=n)
+    unet, pipe, weak = (f(device) for f in (load_pretrained, load_pretrained_text,
+                                            load_pretrained_weak))  # fmt: skip
+    return evaluate_ddpm(unet, pipe, seed=seed, n=n, guide_model=weak)
 
 
 def evaluate_llava(seed: int, n: int, device=None) -> dict:

@@ -266,6 +266,52 @@ def test_diffusion_loss_min_snr_weighting():
             loss(bad)
 
 
+def test_autoguidance_combines_the_two_models():
+    from minimodels.unet import UNet2DModel, UNetConfig, generate_unconditional
+
+    def tiny(seed, **kw):
+        torch.manual_seed(seed)
+        m = UNet2DModel(UNetConfig(sample_size=8, block_out_channels=(8, 16), norm_num_groups=4,
+                                   attention_head_dim=8, **kw)).eval()  # fmt: skip
+        for p in m.parameters():  # leave the zero initialisation: ε̂ = 0 would hide the mix
+            torch.nn.init.normal_(p, std=0.2)
+        return m
+
+    model, weak = tiny(0), tiny(1)
+
+    def sample(m, **kw):
+        return generate_unconditional(m, 3, 4, seed=5, clip_sample=False, **kw)
+
+    plain, weak_alone = sample(model), sample(weak)
+    assert (plain - weak_alone).abs().max() > 1e-2  # two different models
+    # w = 1 is the model alone; w = 0 is the guide alone; w = 2 extrapolates past the model
+    torch.testing.assert_close(sample(model, guide_model=weak, guidance_scale=1.0), plain)
+    torch.testing.assert_close(sample(model, guide_model=weak, guidance_scale=0.0), weak_alone)
+    guided = sample(model, guide_model=weak, guidance_scale=2.0)
+    assert (guided - plain).abs().max() > 1e-2
+    # an interval that holds none of the 4 DDIM timesteps leaves plain sampling
+    s = DDIMScheduler(1000)
+    s.set_timesteps(4)
+    top = int(s.timesteps.max())
+    torch.testing.assert_close(
+        sample(model, guide_model=weak, guidance_scale=2.0, guidance_interval=(top + 1, 1000)),
+        plain,
+    )
+    torch.testing.assert_close(
+        sample(model, guide_model=weak, guidance_scale=2.0, guidance_interval=(0, 1000)), guided
+    )
+    with pytest.raises(ValueError, match="needs a guide_model"):
+        sample(model, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="guide_model must denoise the same images"):
+        sample(model, guide_model=tiny(2, beta_schedule="cosine"), guidance_scale=2.0)
+    with pytest.raises(TypeError, match="guide_model"):
+        sample(model, guide_model=torch.nn.Linear(2, 2), guidance_scale=2.0)
+    with pytest.raises(ValueError, match="lo < hi"):
+        sample(model, guide_model=weak, guidance_scale=2.0, guidance_interval=(500, 500))
+    with pytest.raises(ValueError, match="guidance_scale"):
+        sample(model, guide_model=weak, guidance_scale=-1.0)
+
+
 def test_pipeline_guidance_and_negative_prompt():
     from minimodels.unet import TextToImage, UNet2DModel, UNetConfig
 

@@ -248,7 +248,7 @@ CASES = {
     "diffusion.DDPMScheduler.set_timesteps": lambda: (diffusion.DDPMScheduler(100).set_timesteps, dict(num_inference_steps=10)),
     "diffusion.DDIMScheduler.step": lambda: (_ddim().step, dict(model_output=torch.randn(2, 3, 8, 8), timestep=90, sample=torch.randn(2, 3, 8, 8), eta=0.0)),
     "unet.UNet2DModel.forward": lambda: (_seeded(unet.UNet2DModel)().eval().forward, dict(sample=torch.randn(2, 3, 20, 20), timestep=torch.tensor([1, 500]))),
-    "unet.generate_unconditional": lambda: (unet.generate_unconditional, dict(model=_seeded(unet.UNet2DModel)().eval(), num_images=2, num_inference_steps=2)),
+    "unet.generate_unconditional": lambda: (unet.generate_unconditional, dict(model=_seeded(unet.UNet2DModel)().eval(), num_images=2, num_inference_steps=2, guide_model=_seeded(unet.UNet2DModel)().eval(), guidance_scale=2.0, guidance_interval=(0, 500))),
     "dit.DiTTransformer2DModel.forward": lambda: (_seeded(dit.DiTTransformer2DModel)().eval().forward, dict(sample=torch.randn(2, 16, 6, 6), timestep=torch.tensor([1, 500]))),
     "latent.Autoencoder.encode": lambda: (_seeded(latent.Autoencoder)().eval().encode, dict(images=torch.rand(2, 3, 24, 24))),
     "latent.Autoencoder.decode": lambda: (_seeded(latent.Autoencoder)().eval().decode, dict(latents=torch.randn(2, 16, 6, 6))),

@@ -35,9 +35,8 @@ def evaluate_ddpm(seed: int, n: int, device=None) -> dict:
         load_pretrained_weak,
     )
 
-    unet, pipe, weak = (f(device) for f in (load_pretrained, load_pretrained_text,
-                                            load_pretrained_weak))  # fmt: skip
-    return evaluate_ddpm(unet, pipe, seed=seed, n=n, guide_model=weak)
+    return evaluate_ddpm(load_pretrained(device), load_pretrained_text(device), seed=seed, n=n,
+                         guide_model=load_pretrained_weak(device))  # fmt: skip
 
 
 def evaluate_llava(seed: int, n: int, device=None) -> dict:

@@ -64,11 +64,7 @@ def pretrain_ddpm(steps: int, seed: int, device=None):
     # noise (ᾱ_t < 0.01; cosine: 6 %); 10000 cosine steps gave twice the valid samples of 8000
     # linear ones. Min-SNR weighting, γ = 5: 11000 steps gave 0.70 valid DDIM-50 samples (γ = 2:
     # 0.65), where 10000 unweighted steps gave 0.56; after 3000 steps, 0.07 unweighted
-    from minimodels.unet import UNetConfig, train_unet
-
-    config = UNetConfig(beta_schedule="cosine")
-    return train_unet(steps=steps, batch_size=32, seed=seed, lr=2e-3, config=config,
-                      snr_gamma=5.0, device=device)  # fmt: skip
+    return _unconditional_unet(steps, seed, snr_gamma=5.0, device=device)
 
 
 def pretrain_ddpm_weak(steps: int, seed: int, device=None):
@@ -77,11 +73,15 @@ def pretrain_ddpm_weak(steps: int, seed: int, device=None):
     # As guide (w = 2, t < 500) it lifted the shipped U-Net from 0.70 to 0.85 valid samples
     # (DDIM-50, generator seeds 3 and 4); a smaller guide (8/16/32 channels) ruined the
     # high-noise steps (w = 2 at every t: none valid)
+    return _unconditional_unet(steps, seed, snr_gamma=2.0, device=device)
+
+
+def _unconditional_unet(steps: int, seed: int, snr_gamma: float, device=None):
     from minimodels.unet import UNetConfig, train_unet
 
     config = UNetConfig(beta_schedule="cosine")
     return train_unet(steps=steps, batch_size=32, seed=seed, lr=2e-3, config=config,
-                      snr_gamma=2.0, device=device)  # fmt: skip
+                      snr_gamma=snr_gamma, device=device)  # fmt: skip
 
 
 def pretrain_ddpm_text(steps: int, seed: int, device=None):

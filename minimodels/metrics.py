@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from minimodels._checks import check_device, check_finite
+from minimodels._checks import check_device, check_finite, check_float
 from minimodels.judge import COLOR_CLASSES, SHAPE_CLASSES, prepare_images
 
 
@@ -101,6 +101,21 @@ def cell_confidence(images, judge=None):
     return conf, color, shape + 1, logits["count"].cpu()
 
 
+def valid_shapes(
+    images, judge=None, threshold: float = 0.9, max_objects: int = 3
+) -> tuple[torch.Tensor, list[str]]:
+    """Per image: is it valid (see `valid_shape_rate`), bool (B,); and the shape the judge
+    reads in its most certain cell (a name from shapeworld.SHAPES), to see which shapes fail."""
+    threshold = check_float(threshold, "threshold", 0.0, 1.0, False, False)
+    if isinstance(max_objects, bool) or not isinstance(max_objects, int) or max_objects < 1:
+        raise ValueError(f"max_objects must be a positive int; got {max_objects!r}")
+    conf, _, shape, count = cell_confidence(images, judge)
+    best = conf.max(1)
+    ok = (best.values >= threshold) & (count >= 1) & (count <= max_objects)
+    names = [SHAPE_CLASSES[i] for i in shape[torch.arange(len(shape)), best.indices].tolist()]
+    return ok, names
+
+
 def valid_shape_rate(images, judge=None, threshold: float = 0.9, max_objects: int = 3) -> float:
     """Fraction of images in which the judge finds a shape with confidence ≥ threshold, in a
     scene it reads as 1 to max_objects objects.
@@ -109,12 +124,7 @@ def valid_shape_rate(images, judge=None, threshold: float = 0.9, max_objects: in
     image as objects in all 9 cells, often confidently, so "some confident cell" alone would
     call pure noise valid.
     """
-    if not 0 < threshold < 1:
-        raise ValueError(f"threshold must be in (0, 1); got {threshold}")
-    if isinstance(max_objects, bool) or not isinstance(max_objects, int) or max_objects < 1:
-        raise ValueError(f"max_objects must be a positive int; got {max_objects!r}")
-    conf, _, _, count = cell_confidence(images, judge)
-    ok = (conf.max(1).values >= threshold) & (count >= 1) & (count <= max_objects)
+    ok, _ = valid_shapes(images, judge, threshold, max_objects)
     return float(ok.float().mean())
 
 

@@ -391,6 +391,26 @@ def test_judge_metrics_on_real_and_noise_images():
     assert fid_toy(real, other) * 10 < fid_toy(real, noise)
 
 
+def test_valid_shapes_gives_the_verdict_and_the_shape_read_per_image():
+    from minimodels import shapeworld as sw
+    from minimodels.metrics import valid_shape_rate, valid_shapes
+    from minimodels.unet import sample_single_objects
+
+    scenes = sample_single_objects("test", 64, seed=5, image_size=32)
+    real = sw.render(scenes, 32)  # at the judge's own size it reads every shape
+    noise = torch.rand(8, 3, 32, 32, generator=torch.manual_seed(0))
+    ok, names = valid_shapes(real)
+    assert ok.dtype == torch.bool and ok.shape == (64,) and ok.all()
+    assert names == [s["objects"][0]["shape"] for s in scenes]
+    ok_noise, _ = valid_shapes(noise)
+    assert not ok_noise.any()
+    assert valid_shape_rate(noise) == float(ok_noise.float().mean()) == 0.0
+    with pytest.raises(ValueError, match="threshold"):
+        valid_shapes(real, threshold=1.5)
+    with pytest.raises(ValueError, match="max_objects"):
+        valid_shapes(real, max_objects=0)
+
+
 # ---- the GAN ---------------------------------------------------------------------------------
 
 

@@ -253,6 +253,7 @@ CASES = {
     "latent.Autoencoder.encode": lambda: (_seeded(latent.Autoencoder)().eval().encode, dict(images=torch.rand(2, 3, 24, 24))),
     "latent.Autoencoder.decode": lambda: (_seeded(latent.Autoencoder)().eval().decode, dict(latents=torch.randn(2, 16, 6, 6))),
     "metrics.frechet_distance": lambda: (metrics.frechet_distance, dict(feats_a=torch.randn(20, 4), feats_b=torch.randn(20, 4))),
+    "metrics.valid_shapes": lambda: (metrics.valid_shapes, dict(images=torch.rand(2, 3, 20, 20, generator=torch.manual_seed(0)), threshold=0.9, max_objects=3)),
     "gpt.GPT.forward": lambda: (_seeded(gpt.GPT)().eval().forward, dict(input_ids=torch.tensor([[5, 6, 7]]), labels=torch.tensor([[5, 6, 7]]))),
     "gpt.GPT.generate": lambda: (_seeded(gpt.GPT)().eval().generate, dict(input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=3)),
     "llava.LlavaProjector": lambda: (llava.LlavaProjector, dict(vision_dim=16, text_dim=32, kind="mlp")),

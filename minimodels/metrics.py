@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from minimodels._checks import check_device, check_finite, check_float
+from minimodels._checks import check_device, check_finite, check_float, check_int
 from minimodels.judge import COLOR_CLASSES, SHAPE_CLASSES, prepare_images
 
 
@@ -107,8 +107,7 @@ def valid_shapes(
     """Per image: is it valid (see `valid_shape_rate`), bool (B,); and the shape the judge
     reads in its most certain cell (a name from shapeworld.SHAPES), to see which shapes fail."""
     threshold = check_float(threshold, "threshold", 0.0, 1.0, False, False)
-    if isinstance(max_objects, bool) or not isinstance(max_objects, int) or max_objects < 1:
-        raise ValueError(f"max_objects must be a positive int; got {max_objects!r}")
+    max_objects = check_int(max_objects, "max_objects", 1)
     conf, _, shape, count = cell_confidence(images, judge)
     best = conf.max(1)
     ok = (best.values >= threshold) & (count >= 1) & (count <= max_objects)

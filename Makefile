@@ -26,7 +26,7 @@ PYTEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
-BOOK := $(PY) -m minimodels._book
+BOOK := $(PY) tools/coursebook.py
 JB_FLAGS := --all -W -n --keep-going  # --all: a fresh environment, so every page is checked
 STRUCTURAL := _build/structural
 
@@ -49,7 +49,7 @@ book: check-notebooks vendor-js | $(STAMP)
 	$(BIN)/jupyter-book build . $(JB_FLAGS)
 	@echo "The book: $(CURDIR)/_build/html/index.html"
 
-# Solutions are hidden unless MINIMODELS_BOOK_SOLUTIONS=show (see minimodels/_book.py).
+# Solutions are hidden unless MINIMODELS_BOOK_SOLUTIONS=show (see tools/coursebook.py).
 book-instructor: check-notebooks vendor-js | $(STAMP)
 	MINIMODELS_BOOK_SOLUTIONS=show $(BIN)/jupyter-book build . --path-output _build/instructor \
 		$(JB_FLAGS)
@@ -80,8 +80,8 @@ notebooks: | $(STAMP)
 test: lint structural pytest  # quick checks first; pytest's summary is the closing line
 
 lint: | $(STAMP)
-	$(BIN)/ruff check minimodels tests
-	$(BIN)/ruff format --check minimodels tests
+	$(BIN)/ruff check minimodels tests tools
+	$(BIN)/ruff format --check minimodels tests tools
 
 # The package's tests, the checks of tests/test_project.py (notebooks in sync with their
 # sources, no outputs, ...) and every notebook run top to bottom by nbval, in one session.

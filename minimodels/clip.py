@@ -40,7 +40,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
-from minimodels._checks import check_device, check_finite, check_instance, check_int
+from minimodels.checks import check_device, check_finite, check_instance, check_int
+from minimodels.data.captions import CLASSNAMES, mixed_captions
 from minimodels.layers import PatchEmbedding, TransformerBlock
 from minimodels.text import Tokenizer
 
@@ -397,7 +398,6 @@ TEMPLATES: tuple[str, ...] = (
     "an image of a small {}",
     "an image of a large {}",
 )
-CLASSNAMES: tuple[str, ...] = tuple(f"{c} {s}" for c, s in sw.ALL_PAIRS)  # 30 "red circle"...
 
 
 def _check_strings(values, name: str) -> list[str]:
@@ -525,12 +525,7 @@ def training_batch(
     scenes = sw.sample_scenes("train", batch_size, seed=stream, image_size=image_size)
     images = torch.from_numpy(sw.render(scenes, image_size)).permute(0, 3, 1, 2)
     rng = np.random.default_rng([seed, step, 7])
-    captions = [
-        " and ".join(f"a {o['color']} {o['shape']}" for o in s["objects"])
-        if rng.random() < short_captions
-        else s["caption"]
-        for s in scenes
-    ]
+    captions = mixed_captions(scenes, rng, short_captions)
     return images, _TOKENIZER(captions, padding=True)
 
 

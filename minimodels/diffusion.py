@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from minimodels._checks import check_device, check_finite
+from minimodels.checks import check_device, check_finite
 
 SCHEDULES = ("linear", "cosine")
 _ALIASES = {"squaredcos_cap_v2": "cosine"}  # diffusers' name for the cosine schedule

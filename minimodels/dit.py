@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from minimodels._checks import check_device, check_finite
+from minimodels.checks import check_device, check_finite
 from minimodels.layers import (
     MultiHeadAttention,
     PatchEmbedding,

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from minimodels._checks import check_device, check_finite
+from minimodels.checks import check_device, check_finite
 from minimodels.frozen import freeze, lm_width
 from minimodels.layers import MultiHeadAttention
 

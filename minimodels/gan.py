@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
+from minimodels.data.shapeworld import sample_single_objects
 
 PAIRS: tuple[tuple[str, str], ...] = sw.TRAIN_PAIRS  # the classes y: colour-shape pairs
 
@@ -141,7 +142,7 @@ def train_gan(
     """
     from tqdm.auto import tqdm
 
-    from minimodels.unet import sample_single_objects, to_model_range
+    from minimodels.unet import to_model_range
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int; got {steps!r}")

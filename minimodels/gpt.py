@@ -40,70 +40,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
-from minimodels._checks import check_device
+from minimodels.checks import check_device
+from minimodels.data.captions import italian_caption
 from minimodels.layers import TransformerBlock
-from minimodels.text import Tokenizer
+from minimodels.text import LM_WORDS, Tokenizer
 
 # ----------------------------------------------------------------------------------------------
 # The LM's vocabulary: ShapeWorld's words, then instruction words, then Italian
 # ----------------------------------------------------------------------------------------------
 
-# Words of the instruction data (notebook 07) and of PaLI-style task prefixes.
-INSTRUCTION_WORDS: tuple[str, ...] = tuple(
-    "user assistant describe detail this picture answer caption count en it question "
-    "which nearer closer if were removed would remain name all list each colors "
-    "first second third than more fewer same nothing none else larger smaller both tell me "
-    "about please give short brief".split()
-)
-# Italian: the second caption language (PaLI). Plain ASCII, so the word splitter keeps words
-# whole: "un piccolo cerchio rosso a sinistra e una grande croce blu in alto".
-ITALIAN_SHAPES = {"circle": "cerchio", "square": "quadrato", "triangle": "triangolo",
-                  "diamond": "rombo", "cross": "croce"}  # fmt: skip
-ITALIAN_FEMININE = {"cross"}  # la croce; the others are masculine
-ITALIAN_COLORS = {  # (masculine, feminine)
-    "red": ("rosso", "rossa"), "green": ("verde", "verde"), "blue": ("blu", "blu"),
-    "yellow": ("giallo", "gialla"), "purple": ("viola", "viola"), "cyan": ("ciano", "ciano"),
-}  # fmt: skip
-ITALIAN_SIZES = {"small": ("piccolo", "piccola"), "large": ("grande", "grande")}
-ITALIAN_POSITIONS = {
-    "top left": "in alto a sinistra", "top": "in alto", "top right": "in alto a destra",
-    "left": "a sinistra", "center": "al centro", "right": "a destra",
-    "bottom left": "in basso a sinistra", "bottom": "in basso", "bottom right": "in basso a destra",
-}  # fmt: skip
-
-
-def _italian_words() -> list[str]:
-    words = {"un", "una", "e"}
-    words.update(ITALIAN_SHAPES.values())
-    for pair in list(ITALIAN_COLORS.values()) + list(ITALIAN_SIZES.values()):
-        words.update(pair)
-    for phrase in ITALIAN_POSITIONS.values():
-        words.update(phrase.split())
-    return sorted(words)
-
-
-LM_WORDS: tuple[str, ...] = tuple(
-    dict.fromkeys(sw.vocabulary() + list(INSTRUCTION_WORDS) + _italian_words())
-)
 TOKENIZER = Tokenizer(words=LM_WORDS, model_max_length=128)
-
-
-def italian_caption(scene: dict) -> str:
-    """The scene's caption in Italian (a small grammar with gender agreement), e.g.
-    'un piccolo cerchio rosso a sinistra e una grande croce blu in alto'."""
-    if not isinstance(scene, dict) or not scene.get("objects"):
-        raise ValueError("scene must be a ShapeWorld scene dict with a non-empty 'objects' list")
-    parts = []
-    for o in scene["objects"]:
-        f = int(o["shape"] in ITALIAN_FEMININE)  # 0 masculine, 1 feminine
-        article = ("un", "una")[f]
-        size = ITALIAN_SIZES[o["size"]][f]
-        color = ITALIAN_COLORS[o["color"]][f]
-        parts.append(
-            f"{article} {size} {ITALIAN_SHAPES[o['shape']]} {color} "
-            f"{ITALIAN_POSITIONS[o['position']]}"
-        )
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " e " + parts[-1]
 
 
 # ----------------------------------------------------------------------------------------------

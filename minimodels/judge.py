@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
-from minimodels._checks import MAX_IMAGE_SIZE, check_device, check_int
+from minimodels.checks import MAX_IMAGE_SIZE, check_device, check_int
 
 NONE = "none"
 COLOR_CLASSES = (NONE,) + tuple(sw.COLORS)  # index 0 = no object in the cell

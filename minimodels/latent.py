@@ -44,7 +44,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
-from minimodels._checks import check_device, check_finite
+from minimodels.checks import check_device, check_finite
+from minimodels.data.captions import mixed_captions
+from minimodels.data.shapeworld import sample_single_objects
 from minimodels.dit import DiTConfig, DiTTransformer2DModel
 from minimodels.layers import patchify, unpatchify
 
@@ -55,7 +57,6 @@ __all__ = [
     "fit_autoencoder",
     "train_autoencoder",
     "LatentDiffusionPipeline",
-    "large_single_objects",
     "latent_training_pool",
     "train_latent_dit",
     "load_pretrained",
@@ -382,17 +383,6 @@ class LatentDiffusionPipeline:
         return ((x.clamp(-1, 1) + 1) / 2).cpu()  # [0, 1]
 
 
-def large_single_objects(split: str, n: int, seed: int, image_size: int) -> list[dict]:
-    """n scenes of one large object (the data of the shipped text-to-image models)."""
-    scenes, k = [], 0
-    while len(scenes) < n:
-        batch = sw.sample_scenes(split, 2 * n, seed=seed + 7919 * k, image_size=image_size,
-                                 max_objects=1)  # fmt: skip
-        scenes += [s for s in batch if s["objects"][0]["size"] == "large"]
-        k += 1
-    return scenes[:n]
-
-
 def latent_training_pool(vae, clip, n: int = 8192, seed: int = 0, batch_size: int = 512):
     """Scaled latents z₀ (n, 8, 6, 6) and CLIP prompt embeddings (n, E) of fresh scenes.
 
@@ -413,13 +403,8 @@ def latent_training_pool(vae, clip, n: int = 8192, seed: int = 0, batch_size: in
     latents, embeds = [], []
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
-        scenes = large_single_objects("train", m, 5_000_000 * (seed + 1) + start, size)
-        prompts = [
-            f"a {s['objects'][0]['color']} {s['objects'][0]['shape']}"
-            if rng.random() < 0.5
-            else s["caption"]
-            for s in scenes
-        ]
+        scenes = sample_single_objects("train", m, 5_000_000 * (seed + 1) + start, size)
+        prompts = mixed_captions(scenes, rng, 0.5)
         x = images_to_model_range(sw.render(scenes, size))
         with torch.no_grad():
             latents.append(vae.scale_latents(vae.encode(x)).cpu())  # z₀: (m, 8, 6, 6)

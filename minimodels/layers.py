@@ -27,15 +27,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minimodels._checks import (
-    MAX_IMAGE_SIZE,
-    MAX_WIDTH,
-    check_device,
-    check_finite,
-    check_float,
-    module_device,
-)
-
 __all__ = [
     "MultiHeadAttention",
     "TransformerBlock",
@@ -45,61 +36,6 @@ __all__ = [
     "timestep_embedding",
     "TimestepEmbedding",
 ]
-
-
-# ----------------------------------------------------------------------------------------------
-# Input checks. Each raises an error that names the parameter, what was expected and what came.
-# ----------------------------------------------------------------------------------------------
-
-
-def _check_positive_int(value, name: str, maximum: int = MAX_WIDTH) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int; got {value!r} ({type(value).__name__})")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int; got {value}")
-    if value > maximum:
-        raise ValueError(f"{name} must be at most {maximum} (a toy-sized model); got {value}")
-
-
-def _check_probability(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float in [0, 1); got {value!r}")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a float in [0, 1); got {value}")
-
-
-def _check_float_tensor(x, name: str, ndim: int, layout: str, device=None) -> None:
-    """A finite floating-point tensor with ``ndim`` dimensions, on ``device`` (the module's)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape {layout}; got {type(x).__name__}")
-    check_device(x, name, device)
-    if x.ndim != ndim:
-        raise ValueError(
-            f"{name} must have {ndim} dimensions {layout}; got shape {tuple(x.shape)} "
-            f"({x.ndim} dimensions)"
-        )
-    if not x.is_floating_point():
-        raise TypeError(
-            f"{name} must be a floating-point tensor {layout}; got dtype {x.dtype}. "
-            "(Token ids go through an nn.Embedding first; uint8 images need .float() / 255.)"
-        )
-    check_finite(x, name)
-
-
-def _check_bool_mask(mask, name: str, allowed_shapes: list[tuple[int, ...]]) -> None:
-    """`allowed_shapes` lists the exact shapes accepted, e.g. [(T, S), (B, T, S)]."""
-    expected = " or ".join(str(s) for s in allowed_shapes)
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(
-            f"{name} must be a bool torch.Tensor of shape {expected}; got {type(mask).__name__}"
-        )
-    if mask.dtype != torch.bool:
-        raise TypeError(
-            f"{name} must have dtype torch.bool (True = may be attended to); got {mask.dtype}. "
-            f"If it is a 0/1 attention_mask from the tokenizer, pass {name}=mask.bool()."
-        )
-    if tuple(mask.shape) not in allowed_shapes:
-        raise ValueError(f"{name} must have shape {expected}; got {tuple(mask.shape)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,16 +96,7 @@ class MultiHeadAttention(nn.Module):
         bias: bool = True,
     ):
         super().__init__()
-        _check_positive_int(dim, "dim")
-        _check_positive_int(num_heads, "num_heads")
-        if dim % num_heads != 0:
-            raise ValueError(
-                f"dim must be divisible by num_heads; got dim={dim}, num_heads={num_heads} "
-                f"(dim % num_heads = {dim % num_heads})"
-            )
-        if context_dim is not None:
-            _check_positive_int(context_dim, "context_dim")
-        _check_probability(dropout, "dropout")
+        assert dim % num_heads == 0, f"dim={dim} must be divisible by num_heads={num_heads}"
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -190,10 +117,8 @@ class MultiHeadAttention(nn.Module):
         """AND of all masks as one bool tensor broadcastable to (B, nh, T, S), or None."""
         keep = None
         if key_padding_mask is not None:
-            _check_bool_mask(key_padding_mask, "key_padding_mask", [(B, S)])
             keep = key_padding_mask.to(device)[:, None, None, :]  # (B, 1, 1, S)
         if attn_mask is not None:
-            _check_bool_mask(attn_mask, "attn_mask", [(T, S), (B, T, S)])
             m = attn_mask.to(device)
             m = m[None, None] if m.ndim == 2 else m[:, None]  # (1 or B, 1, T, S)
             keep = m if keep is None else keep & m
@@ -214,39 +139,8 @@ class MultiHeadAttention(nn.Module):
         return_attention: bool = False,
         kv_cache: list | None = None,
     ):
-        _check_float_tensor(x, "x", 3, "(B, T, dim)", module_device(self))
-        if x.shape[-1] != self.dim:
-            raise ValueError(
-                f"x must have last dimension dim={self.dim}; got shape {tuple(x.shape)}"
-            )
         if context is None:
-            if self.context_dim != self.dim:
-                raise ValueError(
-                    f"this layer was built for cross-attention (context_dim={self.context_dim}); "
-                    "pass context=... (B, S, context_dim)"
-                )
-            context = x
-        else:
-            _check_float_tensor(context, "context", 3, "(B, S, context_dim)", module_device(self))
-            if context.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"context must have the same batch size as x ({x.shape[0]}); "
-                    f"got shape {tuple(context.shape)}"
-                )
-            if context.shape[-1] != self.context_dim:
-                raise ValueError(
-                    f"context must have last dimension context_dim={self.context_dim}; got shape "
-                    f"{tuple(context.shape)}. Build the layer with "
-                    f"context_dim={context.shape[-1]} for a context of that width."
-                )
-        if not isinstance(is_causal, bool):
-            raise TypeError(f"is_causal must be a bool; got {is_causal!r}")
-        if kv_cache is not None:
-            if not isinstance(kv_cache, list) or len(kv_cache) not in (0, 2):
-                raise TypeError("kv_cache must be a list: [] at the start, then [K, V]")
-            if context is not x:
-                raise ValueError("kv_cache is for self-attention only; got a context")
-
+            context = x  # self-attention
         B, T, C = x.shape
         S = context.shape[1]
         nh, hs = self.num_heads, self.head_dim
@@ -294,11 +188,6 @@ class MultiHeadAttention(nn.Module):
 
         y = y.transpose(1, 2).reshape(B, T, C)  # concatenate the heads: (B, T, C)
         out = self.resid_dropout(self.out_proj(y))  # (B, T, C)
-        if not torch.isfinite(out).all():  # finite inputs can still overflow float32
-            raise ValueError(
-                f"attention overflowed: x (or context) holds values too large for "
-                f"{x.dtype} (max |x| = {x.abs().max().item():.3g}); normalise the inputs"
-            )
         return (out, weights) if return_attention else out
 
 
@@ -341,15 +230,6 @@ class TransformerBlock(nn.Module):
         context_dim: int | None = None,
     ):
         super().__init__()
-        _check_positive_int(dim, "dim")
-        check_float(mlp_ratio, "mlp_ratio", 0, 64, min_inclusive=False)
-        if not isinstance(cross_attention, bool):
-            raise TypeError(f"cross_attention must be a bool; got {cross_attention!r}")
-        if context_dim is not None and not cross_attention:
-            raise ValueError(
-                f"context_dim={context_dim} was given but cross_attention=False; "
-                "pass cross_attention=True to attend to a context"
-            )
         hidden = max(1, int(round(mlp_ratio * dim)))
         self.dim = dim
         self.cross_attention = cross_attention
@@ -379,21 +259,6 @@ class TransformerBlock(nn.Module):
         return_attention: bool = False,
         kv_cache: list | None = None,
     ):
-        if self.cross_attention and context is None:
-            raise ValueError(
-                "this block has cross_attention=True, so context=... (B, S, "
-                "context_dim) is required"
-            )
-        if not self.cross_attention and (context is not None or context_padding_mask is not None):
-            raise ValueError(
-                "context/context_padding_mask given, but this block was built "
-                "with cross_attention=False"
-            )
-        _check_float_tensor(x, "x", 3, "(B, T, dim)", module_device(self))
-        if x.shape[-1] != self.dim:
-            raise ValueError(
-                f"x must have last dimension dim={self.dim}; got shape {tuple(x.shape)}"
-            )
         weights = {}
         h = self.attn(
             self.ln_1(x),
@@ -425,22 +290,6 @@ class TransformerBlock(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_images(images, name: str = "images") -> None:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(
-            f"{name} must be a torch.Tensor of shape (B, C, H, W); got {type(images).__name__}"
-        )
-    if images.ndim != 4:
-        hint = " (a single image? use images[None])" if images.ndim == 3 else ""
-        raise ValueError(
-            f"{name} must have 4 dimensions (B, C, H, W); got shape {tuple(images.shape)}{hint}"
-        )
-    check_device(images, name, None)
-    if images.dtype == torch.bool or images.is_complex():
-        raise TypeError(f"{name} must be a real-valued tensor (B, C, H, W); got {images.dtype}")
-    check_finite(images, name)
-
-
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Cut images into non-overlapping ``patch_size × patch_size`` patches and flatten each.
 
@@ -448,14 +297,8 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     order (left to right, then top to bottom); each row reshapes back to a (p, p, C) image
     patch with ``row.view(p, p, C)``.
     """
-    _check_images(images)
-    _check_positive_int(patch_size, "patch_size")
     B, C, H, W = images.shape
     p = patch_size
-    if H % p or W % p:
-        raise ValueError(
-            f"image height and width must be divisible by patch_size={p}; got H={H}, W={W}"
-        )
     x = images.reshape(B, C, H // p, p, W // p, p)  # (B, C, gh, p, gw, p)
     x = x.permute(0, 2, 4, 3, 5, 1)  # (B, gh, gw, p, p, C)
     return x.reshape(B, (H // p) * (W // p), p * p * C)  # (B, N, p·p·C)
@@ -463,29 +306,9 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 def unpatchify(patches: torch.Tensor, patch_size: int, image_size: int | tuple[int, int]):
     """Inverse of `patchify`: (B, N, p·p·C) -> (B, C, H, W)."""
-    if not isinstance(patches, torch.Tensor) or patches.ndim != 3:
-        got = tuple(patches.shape) if isinstance(patches, torch.Tensor) else type(patches).__name__
-        raise ValueError(f"patches must be a tensor of shape (B, N, p*p*C); got {got}")
-    check_device(patches, "patches", None)
-    check_finite(patches, "patches")
-    _check_positive_int(patch_size, "patch_size")
-    size = image_size
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = (size, size)
-    if (
-        not isinstance(size, (tuple, list))
-        or len(size) != 2
-        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size)
-    ):
-        raise TypeError(f"image_size must be a positive int or a pair (H, W); got {image_size!r}")
-    H, W = size
+    H, W = (image_size, image_size) if isinstance(image_size, int) else image_size
     p = patch_size
     B, N, D = patches.shape
-    if H % p or W % p or N != (H // p) * (W // p) or D % (p * p):
-        raise ValueError(
-            f"patches of shape {tuple(patches.shape)} do not fit image_size={image_size} with "
-            f"patch_size={p} (expected N={(H // p) * (W // p)} and a last dim divisible by {p * p})"
-        )
     C = D // (p * p)
     x = patches.reshape(B, H // p, W // p, p, p, C)  # (B, gh, gw, p, p, C)
     return x.permute(0, 5, 1, 3, 2, 4).reshape(B, C, H, W)  # (B, C, H, W)
@@ -510,20 +333,6 @@ class PatchEmbedding(nn.Module):
         cls_token: bool = True,
     ):
         super().__init__()
-        for value, name, maximum in [
-            (image_size, "image_size", MAX_IMAGE_SIZE),
-            (patch_size, "patch_size", MAX_IMAGE_SIZE),
-            (in_channels, "in_channels", 64),
-            (dim, "dim", MAX_WIDTH),
-        ]:
-            _check_positive_int(value, name, maximum)
-        if image_size % patch_size != 0:
-            raise ValueError(
-                f"image_size must be divisible by patch_size; got "
-                f"image_size={image_size}, patch_size={patch_size}"
-            )
-        if not isinstance(cls_token, bool):
-            raise TypeError(f"cls_token must be a bool; got {cls_token!r}")
         self.image_size = image_size
         self.patch_size = patch_size
         self.in_channels = in_channels
@@ -540,22 +349,7 @@ class PatchEmbedding(nn.Module):
             nn.init.normal_(self.cls_token, std=0.02)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        _check_float_tensor(images, "images", 4, "(B, C, H, W)", module_device(self))
-        B, C, H, W = images.shape
-        if C != self.in_channels:
-            hint = (
-                " -- channels-last? use images.permute(0, 3, 1, 2)"
-                if images.shape[-1] == self.in_channels
-                else ""
-            )
-            raise ValueError(
-                f"images must have in_channels={self.in_channels} channels in dim 1 "
-                f"(B, C, H, W); got shape {tuple(images.shape)}{hint}"
-            )
-        if H != self.image_size or W != self.image_size:
-            raise ValueError(
-                f"images must be {self.image_size}×{self.image_size} (image_size); got H={H}, W={W}"
-            )
+        B = images.shape[0]
         x = self.proj(images)  # (B, dim, gh, gw): one dim-vector per patch
         x = x.flatten(2).transpose(1, 2)  # (B, N, dim), patches in row-major order
         if self.cls_token is not None:
@@ -585,32 +379,7 @@ def timestep_embedding(
     Gives the same numbers as diffusers' ``get_timestep_embedding`` called with the same
     arguments (note diffusers' own defaults are flip_sin_to_cos=False, downscale_freq_shift=1).
     """
-    if not isinstance(timesteps, torch.Tensor):
-        raise TypeError(
-            f"timesteps must be a 1-D torch.Tensor of shape (N,); got "
-            f"{type(timesteps).__name__} (use torch.tensor([...]))"
-        )
-    if timesteps.ndim != 1:
-        raise ValueError(
-            f"timesteps must be 1-D (N,); got shape {tuple(timesteps.shape)}"
-            + (" -- wrap a single step as torch.tensor([t])" if timesteps.ndim == 0 else "")
-        )
-    if timesteps.is_complex() or timesteps.dtype == torch.bool:
-        raise TypeError(f"timesteps must be integer or float; got dtype {timesteps.dtype}")
-    check_device(timesteps, "timesteps", None)
-    check_finite(timesteps, "timesteps")
-    _check_positive_int(dim, "dim")
-    if dim < 2:
-        raise ValueError(f"dim must be at least 2 (one sine and one cosine); got {dim}")
-    check_float(max_period, "max_period", 0, None, min_inclusive=False)
-    check_float(downscale_freq_shift, "downscale_freq_shift")
-    check_float(scale, "scale")
     half_dim = dim // 2
-    if half_dim - downscale_freq_shift <= 0:
-        raise ValueError(
-            f"downscale_freq_shift must be smaller than dim // 2 = {half_dim}; "
-            f"got {downscale_freq_shift}"
-        )
 
     # ω_i = exp(−ln(max_period) · i / (half_dim − shift))
     exponent = -math.log(max_period) * torch.arange(
@@ -638,19 +407,13 @@ class TimestepEmbedding(nn.Module):
 
     def __init__(self, dim: int, out_dim: int | None = None, max_period: float = 10000):
         super().__init__()
-        _check_positive_int(dim, "dim")
-        if dim < 2:
-            raise ValueError(f"dim must be at least 2; got {dim}")
         out_dim = 4 * dim if out_dim is None else out_dim
-        _check_positive_int(out_dim, "out_dim")
         self.dim = dim
         self.out_dim = out_dim
         self.max_period = max_period
         self.mlp = nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
-        if isinstance(timesteps, torch.Tensor):
-            check_device(timesteps, "timesteps", module_device(self))
         emb = timestep_embedding(timesteps, self.dim, max_period=self.max_period)  # (N, dim)
         emb = emb.to(self.mlp[0].weight.dtype)
         return self.mlp(emb)  # (N, out_dim)

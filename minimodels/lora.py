@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from minimodels._checks import check_device, check_finite
+from minimodels.checks import check_device, check_finite
 
 __all__ = [
     "LoRALinear",

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from minimodels._checks import check_device, check_finite, check_float, check_int
+from minimodels.checks import check_device, check_finite, check_float, check_int
 from minimodels.judge import COLOR_CLASSES, SHAPE_CLASSES, prepare_images
 
 

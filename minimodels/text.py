@@ -19,7 +19,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from minimodels import shapeworld
+from minimodels.data.captions import italian_words
+from minimodels.data.instructions import INSTRUCTION_WORDS
+from minimodels.data.world import vocabulary
 
 SPECIAL_TOKENS: tuple[str, ...] = (
     "[PAD]",  # 0: padding (attention_mask = 0 there)
@@ -31,6 +33,12 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     "<eos>",  # end of generated text
     "<image>",  # placeholder filled with projected image features (LLaVA)
     "<soi>",  # start of image tokens (DALL-E's stream: text, <soi>, image codes)
+)
+
+# The language models' vocabulary (GPT, LLaVA): ShapeWorld's words, the instruction words,
+# then Italian (the second caption language).
+LM_WORDS: tuple[str, ...] = tuple(
+    dict.fromkeys(vocabulary() + list(INSTRUCTION_WORDS) + italian_words())
 )
 
 _WORD_RE = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
@@ -58,7 +66,7 @@ class Tokenizer:
     def __init__(self, words: Sequence[str] | None = None, model_max_length: int = 64):
         if words is not None and (isinstance(words, str) or not isinstance(words, Sequence)):
             raise TypeError(f"words must be a list of strings or None; got {words!r}")
-        words = list(shapeworld.vocabulary() if words is None else words)
+        words = list(vocabulary() if words is None else words)
         if any(not isinstance(w, str) or not w for w in words):
             raise ValueError("words must be non-empty strings")
         if (
@@ -190,7 +198,7 @@ class Tokenizer:
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors must be None or 'pt'; got {return_tensors!r}")
         if max_length is not None:
-            from minimodels._checks import check_int
+            from minimodels.checks import check_int
 
             check_int(max_length, "max_length", 1, 1_000_000)
         limit = max_length if max_length is not None else self.model_max_length

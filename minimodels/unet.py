@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
-from minimodels._checks import (
+from minimodels.checks import (
     check_device,
     check_finite,
     check_float,
@@ -44,6 +44,8 @@ from minimodels._checks import (
     check_int,
     module_device,
 )
+from minimodels.data.captions import mixed_captions
+from minimodels.data.shapeworld import sample_single_objects
 from minimodels.diffusion import DDIMScheduler, DDPMScheduler, sample_loop
 from minimodels.layers import MultiHeadAttention, TimestepEmbedding
 
@@ -321,25 +323,6 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     return ((x.float().clamp(-1, 1) + 1) / 2).cpu()
 
 
-def prompt_of(obj: dict) -> str:
-    """The short prompt that names an object's colour and shape: 'a red circle'."""
-    return f"a {obj['color']} {obj['shape']}"
-
-
-def sample_single_objects(split: str, n: int, seed: int, image_size: int = 20,
-                          sizes: Sequence[str] = ("large",)) -> list[dict]:  # fmt: skip
-    """n single-object scenes whose object size is in `sizes` (drawn from a longer stream of
-    ShapeWorld scenes and filtered, so positions keep their jitter)."""
-    scenes: list[dict] = []
-    k = 0
-    while len(scenes) < n:
-        batch = sw.sample_scenes(split, 2 * n, seed=seed + 7919 * k, image_size=image_size,
-                                 max_objects=1)  # fmt: skip
-        scenes += [s for s in batch if s["objects"][0]["size"] in sizes]
-        k += 1
-    return scenes[:n]
-
-
 def training_batch(step: int, batch_size: int = 32, seed: int = 0, image_size: int = 20):
     """Fresh single-object scenes (large objects) of the `train` split: images in [-1, 1]
     (B, 3, H, W) and one prompt per image. Half of the prompts are short ('a red circle'),
@@ -348,7 +331,7 @@ def training_batch(step: int, batch_size: int = 32, seed: int = 0, image_size: i
     scenes = sample_single_objects("train", batch_size, stream, image_size)
     images = to_model_range(sw.render(scenes, image_size))
     rng = np.random.default_rng([seed, step, 5])
-    prompts = [prompt_of(s["objects"][0]) if rng.random() < 0.5 else s["caption"] for s in scenes]
+    prompts = mixed_captions(scenes, rng, 0.5)
     return images, prompts
 
 

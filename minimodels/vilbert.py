@@ -48,8 +48,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
-from minimodels._checks import check_device, check_finite, check_int
+from minimodels.checks import check_device, check_finite, check_int
 from minimodels.clip import _check_tokens, prepare_images
+from minimodels.data.captions import hard_negative, random_negative
 from minimodels.layers import MultiHeadAttention, TransformerBlock
 from minimodels.text import Tokenizer
 
@@ -516,59 +517,6 @@ def mask_tokens(
         chosen = chosen | (forced & none[:, None])
     labels = input_ids.masked_fill(~chosen, IGNORE_INDEX)
     return input_ids.masked_fill(chosen, _TOKENIZER.mask_token_id), labels
-
-
-def hard_negative(scene: dict, template: int, rng: np.random.Generator) -> tuple[str, str]:
-    """A caption that reads like the scene's own but is false: the same template, with
-    either one object's colour or shape changed, or two objects' colours exchanged (so every
-    word of the caption still appears in the image, only bound to the wrong object).
-
-    Returns (caption, kind) with kind "colour", "shape" or "exchange". The change is always a
-    colour-shape pair the scene does not contain, so the caption is really false.
-    """
-    if not isinstance(scene, dict) or not isinstance(scene.get("objects"), list):
-        raise TypeError(f"scene must be a scene dict with an 'objects' list; got {scene!r}")
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy Generator (np.random.default_rng); got {rng!r}")
-    objects = scene["objects"]
-    present = {(o["color"], o["shape"]) for o in objects}
-    kinds = ["colour", "shape"]
-    pairs = [
-        (i, j)
-        for i in range(len(objects))
-        for j in range(i + 1, len(objects))
-        if objects[i]["color"] != objects[j]["color"]
-        and objects[i]["shape"] != objects[j]["shape"]
-        and (objects[j]["color"], objects[i]["shape"]) not in present
-    ]
-    if pairs:
-        kinds.append("exchange")
-    kind = kinds[int(rng.integers(len(kinds)))]
-    new = [dict(o) for o in objects]
-    if kind == "exchange":
-        i, j = pairs[int(rng.integers(len(pairs)))]
-        new[i]["color"], new[j]["color"] = objects[j]["color"], objects[i]["color"]
-    else:
-        i = int(rng.integers(len(objects)))
-        o = objects[i]
-        if kind == "colour":
-            options = [c for c in sw.COLORS if (c, o["shape"]) not in present]
-            new[i]["color"] = options[int(rng.integers(len(options)))]
-        else:
-            options = [s for s in sw.SHAPES if (o["color"], s) not in present]
-            new[i]["shape"] = options[int(rng.integers(len(options)))]
-    return sw.describe({**scene, "objects": new}, template=template), kind
-
-
-def random_negative(scenes: list[dict], i: int, template: int, rng) -> str:
-    """The caption (same template) of another scene of the list whose caption differs."""
-    own = sw.describe(scenes[i], template=template)
-    for _ in range(20):
-        j = int(rng.integers(len(scenes)))
-        text = sw.describe(scenes[j], template=template)
-        if j != i and text != own:
-            return text
-    return hard_negative(scenes[i], template, rng)[0]  # tiny lists: fall back to a hard one
 
 
 # ----------------------------------------------------------------------------------------------

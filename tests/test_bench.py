@@ -1,11 +1,10 @@
 """The benchmark command's bookkeeping (the timings themselves are never asserted: the machine is
-shared and noisy; `python -m minimodels.bench` measures them)."""
+shared and noisy; `python tools/bench.py` measures them)."""
 
 import json
 
+import bench
 import pytest
-
-from minimodels import bench
 
 MACHINE = {
     "python": "3.11",

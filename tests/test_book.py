@@ -4,14 +4,14 @@ import json
 import re
 from pathlib import Path
 
+import coursebook
 import jupytext
 import pytest
 
-from minimodels import _book
 from minimodels.exercises import expect_failure
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = _book.sources(ROOT)
+SOURCES = coursebook.sources(ROOT)
 LECTURE_MAP = (ROOT / "book" / "lecture_map.md").read_text(encoding="utf-8")
 
 
@@ -110,8 +110,8 @@ def notebook_with_exercise() -> dict:
 
 def test_student_edition_hides_solutions_and_instructor_edition_shows_them():
     nb = notebook_with_exercise()
-    student = _book.edition(nb, show_solutions=False)
-    instructor = _book.edition(nb, show_solutions=True)
+    student = coursebook.edition(nb, show_solutions=False)
+    instructor = coursebook.edition(nb, show_solutions=True)
     for edition in (student, instructor):
         # the solution still runs (its check needs it), in the same order
         code = [c["source"] for c in edition["cells"] if c["cell_type"] == "code"]
@@ -124,20 +124,20 @@ def test_student_edition_hides_solutions_and_instructor_edition_shows_them():
     assert "remove-cell" not in solution["metadata"]["tags"]
     assert any("instructors' edition" in c["source"] for c in instructor["cells"])
     assert "remove-cell" not in nb["cells"][1]["metadata"]["tags"]  # the input is not modified
-    for note in (_book.STUDENT_NOTE, _book.INSTRUCTOR_NOTE):
+    for note in (coursebook.STUDENT_NOTE, coursebook.INSTRUCTOR_NOTE):
         # a MyST directive with no body is an error in the build ("Content block expected")
         body = [line for line in note.splitlines()[1:-1] if not line.startswith(":")]
         assert note.endswith(":::") and any(line.strip() for line in body), note
 
 
 def test_the_edition_follows_the_environment(monkeypatch):
-    monkeypatch.delenv(_book.SOLUTIONS_ENV, raising=False)
-    assert not _book.solutions_shown()
-    monkeypatch.setenv(_book.SOLUTIONS_ENV, "show")
-    assert _book.solutions_shown()
+    monkeypatch.delenv(coursebook.SOLUTIONS_ENV, raising=False)
+    assert not coursebook.solutions_shown()
+    monkeypatch.setenv(coursebook.SOLUTIONS_ENV, "show")
+    assert coursebook.solutions_shown()
     assert (
         "book-instructor" in (ROOT / "Makefile").read_text()
-        and _book.SOLUTIONS_ENV in (ROOT / "Makefile").read_text()
+        and coursebook.SOLUTIONS_ENV in (ROOT / "Makefile").read_text()
     )
 
 
@@ -146,8 +146,8 @@ def test_the_edition_follows_the_environment(monkeypatch):
 
 def test_slides_start_at_headings_and_skip_the_colab_cell():
     source = SOURCES[0]
-    nb = json.loads(_book.render(source, "https://example.org/repo"))
-    kinds = [c["metadata"]["slideshow"]["slide_type"] for c in _book.slide_types(nb)["cells"]]
+    nb = json.loads(coursebook.render(source, "https://example.org/repo"))
+    kinds = [c["metadata"]["slideshow"]["slide_type"] for c in coursebook.slide_types(nb)["cells"]]
     assert len(kinds) == len(nb["cells"])
     first_code = next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code")
     assert kinds[first_code] == "skip"
@@ -160,26 +160,28 @@ def test_slides_start_at_headings_and_skip_the_colab_cell():
     run = 0
     for kind in kinds:
         run = 1 if kind in ("slide", "subslide") else run + (kind != "skip")
-        assert run <= _book.MAX_CELLS_PER_SLIDE
+        assert run <= coursebook.MAX_CELLS_PER_SLIDE
     # metadata written in a source wins
     nb["cells"][-1]["metadata"]["slideshow"] = {"slide_type": "fragment"}
-    assert _book.slide_types(nb)["cells"][-1]["metadata"]["slideshow"]["slide_type"] == "fragment"
+    assert (
+        coursebook.slide_types(nb)["cells"][-1]["metadata"]["slideshow"]["slide_type"] == "fragment"
+    )
 
 
 def test_slides_write_out_citations_and_drop_myst_targets():
-    bib = _book.read_bibliography(ROOT / _book.BIBLIOGRAPHY)
+    bib = coursebook.read_bibliography(ROOT / coursebook.BIBLIOGRAPHY)
     assert bib["vaswani2017attention"] == "Vaswani et al., 2017"
     text = "(clip-loss)=\n## The loss\nSee {cite:p}`vaswani2017attention,devlin2019bert`."
-    assert _book.myst_for_slides(text, bib) == (
+    assert coursebook.myst_for_slides(text, bib) == (
         "## The loss\nSee (Vaswani et al., 2017; Devlin et al., 2019)."
     )
-    assert _book.myst_for_slides("{ref}`the map <lecture-map>`", bib) == "the map"
+    assert coursebook.myst_for_slides("{ref}`the map <lecture-map>`", bib) == "the map"
     for source in SOURCES:
-        nb = json.loads(_book.render(source, "https://example.org/repo"))
+        nb = json.loads(coursebook.render(source, "https://example.org/repo"))
         for cell in nb["cells"]:
             if cell["cell_type"] != "markdown":
                 continue
-            out = _book.myst_for_slides("".join(cell["source"]), bib)
+            out = coursebook.myst_for_slides("".join(cell["source"]), bib)
             assert "{cite" not in out and not re.search(r"^\([\w-]+\)=", out, re.M), source
             # every cited key is in the bibliography (else the raw key would show)
             for keys in re.findall(r"\{cite:p\}`([^`]*)`", "".join(cell["source"])):

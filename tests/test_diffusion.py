@@ -375,8 +375,8 @@ def test_frechet_distance_of_gaussians():
 
 def test_judge_metrics_on_real_and_noise_images():
     from minimodels import shapeworld as sw
+    from minimodels.data.shapeworld import sample_single_objects
     from minimodels.metrics import fid_toy, prompt_faithfulness, valid_shape_rate
-    from minimodels.unet import sample_single_objects
 
     scenes = sample_single_objects("test", 64, seed=5, image_size=20)
     real = sw.render(scenes, 20)
@@ -393,8 +393,8 @@ def test_judge_metrics_on_real_and_noise_images():
 
 def test_valid_shapes_gives_the_verdict_and_the_shape_read_per_image():
     from minimodels import shapeworld as sw
+    from minimodels.data.shapeworld import sample_single_objects
     from minimodels.metrics import valid_shape_rate, valid_shapes
-    from minimodels.unet import sample_single_objects
 
     scenes = sample_single_objects("test", 64, seed=5, image_size=32)
     real = sw.render(scenes, 32)  # at the judge's own size it reads every shape

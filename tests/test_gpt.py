@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import minimodels
 from minimodels import gpt
 from minimodels import shapeworld as sw
+from minimodels.data.captions import ITALIAN_SHAPES, italian_caption
 from minimodels.gpt import GPT, TOKENIZER, GPTConfig, causal_lm_loss
 from minimodels.text import Tokenizer
 
@@ -37,7 +38,7 @@ def test_vocabulary_extends_shapeworld_without_moving_clip_ids():
     assert TOKENIZER.vocab_size > clip_tok.vocab_size
     scenes = sw.sample_scenes("test", 50, seed=3)
     for s in scenes:
-        for text in (gpt.italian_caption(s), s["caption"], " ".join(s["questions"])):
+        for text in (italian_caption(s), s["caption"], " ".join(s["questions"])):
             assert "[UNK]" not in TOKENIZER.tokenize(text), text
 
 
@@ -48,7 +49,7 @@ def test_italian_caption_agrees_in_gender():
             {"shape": "circle", "color": "red", "size": "small", "position": "top"},
         ]
     )
-    assert gpt.italian_caption(scene) == (
+    assert italian_caption(scene) == (
         "una piccola croce rossa a sinistra e un piccolo cerchio rosso in alto"
     )
 
@@ -165,4 +166,4 @@ def test_shipped_gpt_knows_shapeworld_text(shipped):
     out = shipped.generate(ids_of("<bos> how many shapes are there?"), max_new_tokens=1)
     assert TOKENIZER.decode(out[0, -1:]) in sw.NUMBER_WORDS
     out = shipped.generate(ids_of("<bos> un piccolo"), max_new_tokens=1)
-    assert TOKENIZER.decode(out[0, -1:]) in gpt.ITALIAN_SHAPES.values()
+    assert TOKENIZER.decode(out[0, -1:]) in ITALIAN_SHAPES.values()

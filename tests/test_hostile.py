@@ -45,6 +45,7 @@ from minimodels import (
 )
 from minimodels import clip as clip_mod
 from minimodels import judge as judge_mod
+from minimodels.data import captions
 
 RAN: Counter = Counter()
 TIME_LIMIT_S = 20  # generous: the machine is shared; a hang is minutes, not seconds
@@ -231,7 +232,7 @@ CASES = {
     "vilbert.ViLBERT.forward": lambda: (_seeded(vilbert.ViLBERT)().eval().forward, dict(tokens=_tokens(), images=_images(), boxes=_boxes())),
     "vilbert.spatial_encoding": lambda: (vilbert.spatial_encoding, dict(boxes=_boxes(), image_size=32)),
     "vilbert.regions_from_scenes": lambda: (vilbert.regions_from_scenes, dict(scenes=shapeworld.sample_scenes("test", 2), max_regions=5)),
-    "vilbert.hard_negative": lambda: (vilbert.hard_negative, dict(scene=shapeworld.sample_scenes("test", 1, min_objects=2)[0], template=0, rng=np.random.default_rng(0))),
+    "captions.hard_negative": lambda: (captions.hard_negative, dict(scene=shapeworld.sample_scenes("test", 1, min_objects=2)[0], template=0, rng=np.random.default_rng(0))),
     "vilt.ViLT.forward": lambda: (_seeded(vilt.ViLT)().eval().forward, dict(tokens=_tokens(), images=_images())),
     "dalle.gumbel_softmax": lambda: (dalle.gumbel_softmax, dict(logits=torch.randn(2, 5, 8), tau=0.5, hard=False, dim=-1)),
     "dalle.nearest_code": lambda: (dalle.nearest_code, dict(z_e=torch.randn(6, 4), codebook=torch.randn(10, 4))),

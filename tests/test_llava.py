@@ -10,6 +10,7 @@ import minimodels
 from minimodels import llava
 from minimodels import shapeworld as sw
 from minimodels.clip import CLIPConfig
+from minimodels.data import instructions
 from minimodels.gpt import GPTConfig
 from minimodels.llava import (
     IGNORE_INDEX,
@@ -227,7 +228,7 @@ def test_reasoning_answers_follow_the_scene():
     )
     answers = {}
     for k in range(40):
-        (q, a), = llava.reasoning(scene, np.random.default_rng(k))  # fmt: skip
+        (q, a), = instructions.reasoning(scene, np.random.default_rng(k))  # fmt: skip
         answers[q] = a
     removal = [a for q, a in answers.items() if "were removed" in q]
     assert removal and set(removal) == {"one"}  # two shapes, one removed
@@ -237,11 +238,11 @@ def test_reasoning_answers_follow_the_scene():
         if "nearer the bottom" in q or "larger" in q:
             assert a == "the blue square", q
     assert any("larger" in q for q in answers)
-    for kind in llava.RESPONSE_TYPES:
-        turns = llava.instruction_data(scene, kind, np.random.default_rng(0))
+    for kind in instructions.RESPONSE_TYPES:
+        turns = instructions.instruction_data(scene, kind, np.random.default_rng(0))
         assert turns and all(isinstance(q, str) and isinstance(a, str) for q, a in turns)
     with pytest.raises(ValueError, match="kind"):
-        llava.instruction_data(scene, "poetry", np.random.default_rng(0))
+        instructions.instruction_data(scene, "poetry", np.random.default_rng(0))
 
 
 def test_pairs_in_text_reads_colour_shape_pairs():

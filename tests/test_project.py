@@ -4,12 +4,11 @@ import re
 import sys
 from pathlib import Path
 
+import coursebook
 import jupytext
 import nbformat
 import pytest
 import yaml
-
-from minimodels import _book
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -18,7 +17,7 @@ else:  # pragma: no cover
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-SOURCES = _book.sources(ROOT)
+SOURCES = coursebook.sources(ROOT)
 
 
 def dist_name(requirement: str) -> str:
@@ -52,7 +51,7 @@ def test_pyproject_has_no_exact_pins():
 
 
 def test_every_source_has_an_up_to_date_notebook():
-    problems = _book.out_of_date(ROOT)
+    problems = coursebook.out_of_date(ROOT)
     assert not problems, "run `make notebooks`:\n" + "\n".join(problems)
 
 
@@ -62,9 +61,9 @@ def test_first_code_cell_is_the_colab_cell(source):
     code = [c.source for c in nb.cells if c.cell_type == "code"]
     assert code, f"{source.name} has no code cell"
     cell = code[0]
-    assert _book.PLACEHOLDER in cell and "colab" in cell.lower(), (
+    assert coursebook.PLACEHOLDER in cell and "colab" in cell.lower(), (
         f"the first code cell of {source.name} must install minimodels on Colab only, "
-        f"from {_book.PLACEHOLDER}; it is:\n{cell}"
+        f"from {coursebook.PLACEHOLDER}; it is:\n{cell}"
     )
 
 

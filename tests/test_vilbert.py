@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
+from minimodels.data.captions import hard_negative
 from minimodels.layers import MultiHeadAttention, TransformerBlock
 from minimodels.text import Tokenizer
 from minimodels.vilbert import (
@@ -18,7 +19,6 @@ from minimodels.vilbert import (
     box_masks,
     check_co_attention,
     check_colour_exchange,
-    hard_negative,
     mask_tokens,
     pretraining_losses,
     region_class,

@@ -4,11 +4,11 @@ The notebooks in ``notebooks/`` are generated from the MyST-markdown sources in 
 and are never edited by hand. This module holds the one conversion that ``make notebooks``,
 ``make book`` and ``tests/test_project.py`` share::
 
-    python -m minimodels._book sync               # lectures_src/NN.md -> notebooks/NN.ipynb
-    python -m minimodels._book check              # exit 1, listing notebooks that are out of date
-    python -m minimodels._book vendor-js          # copy widget and maths JavaScript from npm
-    python -m minimodels._book structural-config OUT.yml   # _config.yml with execution turned off
-    python -m minimodels._book slides             # reveal.js slides of every notebook
+    python tools/coursebook.py sync               # lectures_src/NN.md -> notebooks/NN.ipynb
+    python tools/coursebook.py check              # exit 1, listing notebooks that are out of date
+    python tools/coursebook.py vendor-js          # copy widget and maths JavaScript from npm
+    python tools/coursebook.py structural-config OUT.yml   # _config.yml with execution turned off
+    python tools/coursebook.py slides             # reveal.js slides of every notebook
 
 It is also a small Sphinx extension (listed in ``_config.yml``): once that JavaScript has been
 vendored, the book's pages load it from ``_static/`` instead of CDNs, so they work offline; and
@@ -29,7 +29,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]  # the repository checkout (an editable install)
+ROOT = Path(__file__).resolve().parents[1]  # the repository checkout
 SOURCES = "lectures_src"
 NOTEBOOKS = "notebooks"
 CONFIG = "_config.yml"
@@ -138,6 +138,9 @@ def structural_config(out: Path, root: Path = ROOT) -> None:
 
     config = yaml.safe_load((root / CONFIG).read_text(encoding="utf-8"))
     config.setdefault("execute", {})["execute_notebooks"] = "off"
+    extensions = config.get("sphinx", {}).get("local_extensions", {})
+    for name, path in extensions.items():  # relative to the config file, which moves to `out`
+        extensions[name] = str((root / path).resolve())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
@@ -412,7 +415,7 @@ def slides(root: Path = ROOT, execute: bool = True, pattern: str = "*.ipynb") ->
         if executed.exists() and executed.stat().st_mtime >= path.stat().st_mtime:
             notebook = json.loads(executed.read_text(encoding="utf-8"))
         elif execute:
-            from minimodels.bench import run_notebook
+            from bench import run_notebook
 
             nb = nbformat.read(path, as_version=4)
             run_notebook(path, notebook=nb)
@@ -513,7 +516,7 @@ def screenshots(root: Path = ROOT, width: int = 1280, height: int = 1400) -> lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minimodels._book", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python tools/coursebook.py", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("sync", help="write notebooks/*.ipynb from lectures_src/*.md")
     sub.add_parser("check", help="exit 1 if a notebook is not what sync would write")

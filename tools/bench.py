@@ -1,9 +1,9 @@
 """Benchmarks: figures that the issues and the book quote, measured by one command.
 
-    python -m minimodels.bench shapeworld     # rendering speed (images/s, one core)
-    python -m minimodels.bench notebooks      # each notebook's run time, median of 3
-    python -m minimodels.bench models         # training and sampling speed of each model
-    python -m minimodels.bench all            # everything, into one JSON file
+    python tools/bench.py shapeworld     # rendering speed (images/s, one core)
+    python tools/bench.py notebooks      # each notebook's run time, median of 3
+    python tools/bench.py models         # training and sampling speed of each model
+    python tools/bench.py all            # everything, into one JSON file
 
 Results are printed and written as JSON (``--out``, default ``bench_results/NAME.json``).
 Speed is measured here, never in unit tests: a shared machine is too noisy for that.
@@ -204,7 +204,7 @@ def write_runtime_table(results: dict, machine_info: dict, folder: Path = GENERA
     lines += [
         "",
         f"Each notebook run top to bottom in a fresh kernel, {len(figures['runs_s'])} times, by "
-        f"`python -m minimodels.bench notebooks` on {m['cpu_count']} CPU cores "
+        f"`python tools/bench.py notebooks` on {m['cpu_count']} CPU cores "
         f"({m['machine']}, Python {m['python']}, torch {m['torch']}).",
     ]
     stalled = [
@@ -245,7 +245,7 @@ def machine() -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m minimodels.bench",
+        prog="python tools/bench.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

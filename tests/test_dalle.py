@@ -242,38 +242,6 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     torch.testing.assert_close(again(tokens), pipe.prior(tokens))
 
 
-# ---- the exercises' checks: pass the right answer, fail wrong ones ----------------------------
-
-
-def test_check_quantize():
-    assert "match" in dalle.check_quantize(nearest_code)
-    with pytest.raises(AssertionError, match="dot product"):
-        dalle.check_quantize(lambda z, e: (z @ e.T).argmax(1))
-    with pytest.raises(AssertionError, match="argmax instead of argmin"):
-        dalle.check_quantize(lambda z, e: torch.cdist(z, e).argmax(1))
-    with pytest.raises(AssertionError, match="integer"):
-        dalle.check_quantize(lambda z, e: torch.cdist(z, e).argmin(1).float())
-
-
-def test_check_gumbel_softmax():
-    def right(logits, tau, generator):
-        return gumbel_softmax(logits, tau, generator=generator)
-
-    def no_noise(logits, tau, generator):
-        return (logits / tau).softmax(-1)
-
-    def no_tau(logits, tau, generator):
-        return gumbel_softmax(logits, 1.0, generator=generator)
-
-    def wrong_noise(logits, tau, generator):  # uniform noise instead of Gumbel noise
-        return ((logits + torch.rand(logits.shape, generator=generator)) / tau).softmax(-1)
-
-    assert "match" in dalle.check_gumbel_softmax(right)
-    for wrong in (no_noise, no_tau, wrong_noise):
-        with pytest.raises(AssertionError):
-            dalle.check_gumbel_softmax(wrong)
-
-
 def test_shipped_dvae_meets_the_bars_on_a_fresh_seed():
     model = dalle.load_dvae(device="cpu")
     metrics = dalle.evaluate_dvae(model, seed=12345, n=300)

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
+from minimodels.train import get_device
 
 COLOR_NAMES: tuple[str, ...] = tuple(sw.COLORS)
 
@@ -121,8 +122,6 @@ def train_shape_classifier(
     device=None,
 ) -> nn.Module:  # fmt: skip
     """Train `shape_classifier` with Adam on (images, shapes); deterministic in `seed`."""
-    from minimodels.train import get_device
-
     _check_images(images)
     _check_labels(shapes, len(images), "shapes", len(sw.SHAPES))
     steps = _check_int(steps, "steps", 1, 1_000_000)

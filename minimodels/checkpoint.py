@@ -18,6 +18,10 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from minimodels.train import get_device
 
 FORMAT = "minimodels-checkpoint/1"
 
@@ -45,8 +49,6 @@ def sha256(path) -> str:
 
 def save_model(model: torch.nn.Module, path, extra: dict | None = None) -> Path:
     """Save `model` (which has a dataclass `model.config`) to PATH.safetensors + PATH.json."""
-    from safetensors.torch import save_file
-
     config = getattr(model, "config", None)
     if config is None or not dataclasses.is_dataclass(config):
         raise TypeError("model must have a dataclass `config` attribute to be saved")
@@ -87,11 +89,6 @@ def load_model(model_cls, path, device=None, verify: bool = True) -> torch.nn.Mo
     `model_cls` must have a `config_class` attribute (its config dataclass). Raises a
     ValueError naming the problem for a missing, damaged or mismatched checkpoint.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from minimodels.train import get_device
-
     st_path, json_path = _paths(path)
     if not st_path.exists():
         raise ValueError(f"checkpoint weights not found: {st_path}")

@@ -189,11 +189,13 @@ def check_finite(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or inf values")
 
 
-def check_images(images, name: str = "images", size: int | None = None, channels: int = 3):
+def check_images(
+    images, name: str = "images", size: int | None = None, channels: int = 3, atol: float = 1e-3
+):
     """Images as the vision models take them -> float32 (B, C, H, W) in [0, 1].
 
-    uint8 (B, C, H, W) in 0..255 or float in [0, 1]; numpy arrays are accepted. ``size``: the
-    height and width required (None: any). The [0, 1] range is read on CPU tensors only.
+    uint8 (B, C, H, W) in 0..255 or float in [0, 1] (± atol); numpy arrays are accepted.
+    ``size``: the height and width required (None: any). The range is read on CPU tensors only.
     """
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.ascontiguousarray(images))
@@ -221,8 +223,10 @@ def check_images(images, name: str = "images", size: int | None = None, channels
     if not images.is_floating_point():
         raise TypeError(f"{name} must be uint8 (0..255) or float in [0, 1]; got {images.dtype}")
     if images.device.type == "cpu":
-        lo, hi = images.min().item(), images.max().item()  # NaN fails the comparison too
-        if not (lo >= -1e-3 and hi <= 1 + 1e-3):
+        lo, hi = images.min().item(), images.max().item()
+        if math.isnan(lo) or math.isnan(hi):
+            raise ValueError(f"{name} contains NaN values")
+        if not (lo >= -atol and hi <= 1 + atol):
             raise ValueError(
                 f"float {name} must lie in [0, 1]; got values in [{lo:.3g}, {hi:.3g}] "
                 "(uint8 images can be passed as they are; [-1, 1] images need (x + 1) / 2)"

@@ -21,20 +21,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from minimodels.checks import check_device, check_finite, check_float, check_int
-from minimodels.judge import COLOR_CLASSES, SHAPE_CLASSES, prepare_images
+from minimodels.checks import check_device, check_finite, check_float, check_instance, check_int
+from minimodels.judge import COLOR_CLASSES, SHAPE_CLASSES, Judge, prepare_images
+from minimodels.recipes.judge import load_judge
 
 
-def _judge(judge):
-    if judge is None:
-        import minimodels
-
-        return minimodels.pretrained("judge")
-    from minimodels.judge import Judge
-
-    if not isinstance(judge, Judge):
-        raise TypeError(f"judge must be a minimodels.judge.Judge or None; got {type(judge)}")
-    return judge
+def _judge(judge: Judge | None) -> Judge:
+    """The judge to measure with: the shipped one unless one is given."""
+    return load_judge() if judge is None else check_instance(judge, Judge, "judge")
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 DEVICE_ENV = "MINIMODELS_DEVICE"
 
@@ -93,8 +94,6 @@ def fit(
     `warmup` steps of linear warm-up, then constant or (cosine=True) cosine decay to 0.
     bf16=True runs the forward pass under bfloat16 autocast (faster on recent CPUs).
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if not callable(loss_fn):

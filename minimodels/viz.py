@@ -9,6 +9,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 
@@ -59,8 +60,6 @@ def show_images(
     wrap: int = 22,
 ):
     """A grid of images with optional captions under each (wrapped to `wrap` characters)."""
-    import matplotlib.pyplot as plt
-
     images = to_numpy_images(images)
     n = len(images)
     if n == 0:
@@ -98,8 +97,6 @@ def heatmap(
     colorbar: bool = True,
 ):
     """A heatmap of a 2-d matrix (similarities, attention weights), labels optional."""
-    import matplotlib.pyplot as plt
-
     if hasattr(matrix, "detach"):
         matrix = matrix.detach().cpu().float().numpy()
     matrix = np.asarray(matrix, dtype=float)
@@ -133,8 +130,6 @@ def heatmap(
 
 def loss_curve(history, title: str = "training loss", smooth: int = 10, ax=None, label=None):
     """Plot a loss history (list of floats): raw values faint, a moving average on top."""
-    import matplotlib.pyplot as plt
-
     values = np.asarray(list(history), dtype=float)
     if values.ndim != 1 or len(values) == 0:
         raise ValueError("history must be a non-empty 1-d sequence of numbers")

@@ -47,13 +47,6 @@ def test_bad_repeats_is_a_usage_error(capsys):
     assert "--repeats" in capsys.readouterr().err
 
 
-def test_every_evaluator_has_a_size_in_bench_all():
-    from minimodels.evaluate import EVALUATORS
-
-    assert set(bench.EVALUATE_N) <= set(EVALUATORS)
-    assert all(isinstance(n, int) and n >= 100 for n in bench.EVALUATE_N.values())
-
-
 def test_cell_seconds_reads_nbclient_timing():
     import nbformat
 

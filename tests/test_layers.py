@@ -269,11 +269,6 @@ def test_kv_cache_gives_the_causal_forward_of_the_whole_sequence():
         parts.append(block(x[:, 7:], is_causal=True, kv_cache=cache))
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-4)
     assert cache[0].shape == (2, 4, 9, 4)  # K: (B, nh, positions seen, head size)
-    mha = MultiHeadAttention(16, 4, context_dim=8)
-    with pytest.raises(ValueError, match="self-attention only"):
-        mha(x, torch.randn(2, 3, 8), kv_cache=[])
-    with pytest.raises(TypeError, match="kv_cache must be a list"):
-        MultiHeadAttention(16, 4)(x, kv_cache=(None,))
 
 
 def test_eval_mode_is_deterministic_and_dtype_follows_input():
@@ -369,77 +364,8 @@ def test_timestep_embedding_module():
     assert not torch.allclose(out[0], out[1])
 
 
-# ------------------------------------------------------------------------------------------
-# Bad inputs raise clear errors that name the parameter
-# ------------------------------------------------------------------------------------------
-
-_mha = MultiHeadAttention(16, 4)
-_cross = MultiHeadAttention(16, 4, context_dim=12)
-_block = TransformerBlock(16, 4)
-_pe = PatchEmbedding(32, 4, 3, 16)
-_x = torch.randn(2, 5, 16)
-
-BAD_INPUTS = [
-    (lambda: MultiHeadAttention(10, 3), ValueError, "dim must be divisible by num_heads"),
-    (lambda: MultiHeadAttention(16, 0), ValueError, "num_heads"),
-    (lambda: MultiHeadAttention(16, 4.0), TypeError, "num_heads"),
-    (lambda: MultiHeadAttention(16, 4, dropout=1.5), ValueError, "dropout"),
-    (lambda: _mha(torch.randn(5, 16)), ValueError, r"x must have 3 dimensions"),
-    (lambda: _mha(torch.randn(2, 5, 8)), ValueError, "dim=16"),
-    (lambda: _mha(torch.zeros(2, 5, dtype=torch.long)), ValueError, "x must have 3"),
-    (lambda: _mha(torch.zeros(2, 5, 16, dtype=torch.long)), TypeError, "floating-point"),
-    (lambda: _mha(_x, torch.randn(2, 7, 12)), ValueError, "context_dim=16"),
-    (lambda: _cross(_x), ValueError, "context="),
-    (lambda: _cross(_x, torch.randn(3, 7, 12)), ValueError, "batch size"),
-    (
-        lambda: _mha(_x, key_padding_mask=torch.ones(2, 5, dtype=torch.long)),
-        TypeError,
-        r"key_padding_mask.*torch\.bool.*\.bool\(\)",
-    ),
-    (
-        lambda: _mha(_x, key_padding_mask=torch.ones(2, 4, dtype=torch.bool)),
-        ValueError,
-        r"key_padding_mask must have shape \(2, 5\)",
-    ),
-    (
-        lambda: _mha(_x, attn_mask=torch.ones(5, 6, dtype=torch.bool)),
-        ValueError,
-        r"attn_mask must have shape \(5, 5\) or \(2, 5, 5\)",
-    ),
-    (lambda: _mha(_x, attn_mask=torch.ones(5, 5)), TypeError, "attn_mask"),
-    (lambda: _mha(_x, is_causal=1), TypeError, "is_causal"),
-    (lambda: TransformerBlock(16, 4, context_dim=8), ValueError, "cross_attention"),
-    (lambda: TransformerBlock(16, 4, mlp_ratio=0), ValueError, "mlp_ratio"),
-    (lambda: _block(_x, torch.randn(2, 3, 16)), ValueError, "cross_attention=False"),
-    (lambda: _block(torch.randn(2, 5, 7)), ValueError, "dim=16"),
-    (
-        lambda: TransformerBlock(16, 4, cross_attention=True)(_x),
-        ValueError,
-        "context",
-    ),
-    (lambda: PatchEmbedding(30, 4), ValueError, "image_size must be divisible by patch_size"),
-    (lambda: PatchEmbedding(32, 4, in_channels=0), ValueError, "in_channels"),
-    (lambda: _pe(torch.rand(2, 1, 32, 32)), ValueError, "in_channels=3"),
-    (lambda: _pe(torch.rand(2, 32, 32, 3)), ValueError, r"permute\(0, 3, 1, 2\)"),
-    (lambda: _pe(torch.rand(3, 32, 32)), ValueError, r"images must have 4 dimensions"),
-    (lambda: _pe(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)), TypeError, "255"),
-    (lambda: _pe(torch.rand(2, 3, 16, 16)), ValueError, "image_size"),
-    (lambda: patchify(torch.rand(1, 3, 10, 10), 4), ValueError, "patch_size=4"),
-    (lambda: patchify(np.zeros((1, 3, 8, 8)), 4), TypeError, "images must be a torch.Tensor"),
-    (lambda: unpatchify(torch.rand(1, 5, 48), 4, 8), ValueError, "image_size=8"),
-    (lambda: timestep_embedding(torch.tensor(3), 8), ValueError, r"torch\.tensor\(\[t\]\)"),
-    (lambda: timestep_embedding([1, 2], 8), TypeError, "timesteps"),
-    (lambda: timestep_embedding(torch.tensor([1]), 1), ValueError, "dim must be at least 2"),
-    (
-        lambda: timestep_embedding(torch.tensor([1]), 2, downscale_freq_shift=1),
-        ValueError,
-        "downscale_freq_shift",
-    ),
-    (lambda: TimestepEmbedding(16, out_dim=-1), ValueError, "out_dim"),
-]
-
-
-@pytest.mark.parametrize("call,error,match", BAD_INPUTS)
-def test_bad_inputs_raise_clear_errors(call, error, match):
-    with pytest.raises(error, match=match):
-        call()
+def test_layers_trust_their_callers_but_state_the_one_structural_rule():
+    # Inner layers check nothing at run time (the models' entry points do); the width must
+    # split evenly into heads, which the constructor says at once.
+    with pytest.raises(AssertionError, match="divisible by num_heads"):
+        MultiHeadAttention(10, 3)

@@ -74,3 +74,58 @@ def test_the_namespace_really_has_no_network():
         timeout=60,
     )
     assert result.returncode != 0 and "unreachable" in result.stderr.lower()
+
+
+# The Hugging Face switches: set offline by the package, unless the user chose already.
+
+
+_NO_NETWORK = """
+import os, socket, sys, tempfile
+
+def refuse(*args, **kwargs):
+    raise RuntimeError("network access attempted")
+
+socket.socket.connect = refuse
+socket.socket.connect_ex = refuse
+socket.create_connection = refuse
+socket.getaddrinfo = refuse
+
+import minimodels
+print(os.environ.get("HF_HUB_OFFLINE"), os.environ.get("HF_DATASETS_OFFLINE"))
+if "--load" in sys.argv:
+    from minimodels import shapeworld
+    ds = shapeworld.load("train", 3, seed=0)
+    path = os.path.join(tempfile.mkdtemp(), "x.parquet")
+    ds.to_parquet(path)
+    back = shapeworld.load_image_text(path)
+    assert back["caption"] == ds["caption"]
+    print("loaded", len(back))
+"""
+
+
+def run_python(env_updates, *args):
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    }
+    env.update(env_updates)
+    res = subprocess.run(
+        [sys.executable, "-c", _NO_NETWORK, *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout.split("\n")
+
+
+def test_package_is_offline(tmp_path):
+    out = run_python({"HF_HOME": str(tmp_path / "hf")}, "--load")
+    assert out[0] == "1 1"
+    assert out[1] == "loaded 3"
+
+
+def test_explicit_offline_setting_is_kept():
+    assert run_python({"HF_HUB_OFFLINE": "0"})[0] == "0 1"
+    assert run_python({"HF_DATASETS_OFFLINE": "0"})[0] == "1 0"

@@ -24,6 +24,9 @@ import sys
 import time
 from pathlib import Path
 
+from minimodels.evaluate import evaluate
+from minimodels.recipes import SHIPPED
+
 REPO = Path(__file__).resolve().parent.parent
 GENERATED = REPO / "book" / "generated"  # what the book includes
 
@@ -225,11 +228,6 @@ def write_runtime_table(results: dict, machine_info: dict, folder: Path = GENERA
     return out
 
 
-# `bench all` evaluates every model on seed 0 with n examples: 1000 unless named here (the
-# samplers are slow on a CPU: DALL-E draws 8 candidates per prompt for re-ranking)
-EVALUATE_N = {"dalle": 200, "ddpm": 256, "llava": 500}
-
-
 def machine() -> dict:
     import torch
 
@@ -280,11 +278,9 @@ def main(argv=None) -> int:
     if args.what in ("models", "all"):
         result["models"] = bench_models()
     if args.what == "all":
-        from minimodels.evaluate import EVALUATORS, evaluate
-
         result["evaluate"] = {}
-        for name in EVALUATORS:
-            n = EVALUATE_N.get(name, 1000)
+        for name, shipped in SHIPPED.items():  # each at its usual size, e.g. dalle 200
+            n = shipped.n
             print(f"evaluate {name} --seed 0 --n {n}", flush=True)
             result["evaluate"][name] = {"n": n, **evaluate(name, seed=0, n=n)}
     out = args.out or REPO / "bench_results" / f"{args.what}.json"

@@ -1,0 +1,28 @@
+"""The plotting helpers return figures and refuse what they cannot draw."""
+
+import numpy as np
+import pytest
+import torch
+
+from minimodels import shapeworld as sw
+from minimodels import viz
+from minimodels.data.images import to_tensor
+
+
+def test_viz_functions_return_figures():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    images, scenes = sw.generate("train", 5, seed=0)
+    fig = viz.show_images(images, [s["caption"] for s in scenes], ncols=3)
+    assert len(fig.axes) == 6
+    fig = viz.show_images(to_tensor(images, (-1, 1)))
+    assert len(fig.axes) == 5
+    assert viz.heatmap(torch.eye(3), list("abc"), list("xyz")).axes
+    assert viz.loss_curve([3.0, 2.0, 1.0]).axes
+    with pytest.raises(ValueError, match="captions"):
+        viz.show_images(images, ["one caption"])
+    with pytest.raises(ValueError, match="2-d"):
+        viz.heatmap(np.zeros(3))
+    with pytest.raises(ValueError, match="NaN"):
+        viz.show_images(np.full((1, 8, 8, 3), np.nan))

@@ -1,6 +1,20 @@
 """minimodels: from-scratch toy vision-language models for the course
 "Vision-Language Models from Scratch".
 
+A map for the reader:
+
+    layers.py, diffusion.py     the shared building blocks; noise schedules and samplers
+    clip.py, vilbert.py, ...    one file per model: its config, modules and forward pass
+    pipelines.py                text-to-image sampling around trained models (diffusers-style)
+    text.py                     the word-level tokenizer
+    shapeworld.py, data/        the toy world, and every text made from a scene
+    recipes/                    how each shipped model is trained, evaluated and loaded
+    train.py, checkpoint.py     the `fit` loop and device choice; safetensors checkpoints
+    metrics.py                  measuring generated images with the judge (a toy FID, ...)
+    pretrain.py, evaluate.py    the command lines: python -m minimodels.pretrain / evaluate
+    checks.py                   the input checks of the entry points a student calls
+    exercises.py                the notebooks' exercise checks
+
 Everything runs offline: the package never touches the network. Hugging Face
 libraries are switched to offline mode here unless the user already chose.
 """

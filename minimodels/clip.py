@@ -24,24 +24,30 @@ The public names follow open_clip / OpenAI CLIP: ``encode_image``, ``encode_text
     model, tok = CLIP(CLIPConfig()), Tokenizer()
     logits_per_image, logits_per_text = model(images, tok(["a red circle", ...]))
 
+Training and evaluation on ShapeWorld (the batches, ``train_clip``, ``evaluate_clip``, the
+shipped weights) live in ``minimodels/recipes/clip.py``.
+
 Shape letters: B batch, N patches (grid_size²), L tokens, D encoder width, E shared width.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minimodels import shapeworld as sw
-from minimodels.checks import check_device, check_finite, check_instance, check_int
-from minimodels.data.captions import CLASSNAMES, mixed_captions
+from minimodels.checks import (
+    check_device,
+    check_ids,
+    check_images,
+    check_instance,
+    check_int,
+    check_strings,
+    check_tensor,
+)
 from minimodels.layers import PatchEmbedding, TransformerBlock
 from minimodels.text import Tokenizer
 
@@ -70,148 +76,25 @@ class CLIPConfig:
     mlp_ratio: float = 2.0
     dropout: float = 0.0
 
-    def __post_init__(self):
-        for name in (
-            "image_size", "patch_size", "in_channels", "vision_width", "vision_layers",
-            "vision_heads", "vocab_size", "context_length", "text_width", "text_layers",
-            "text_heads", "embed_dim",
-        ):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"image_size must be divisible by patch_size; got image_size={self.image_size}, "
-                f"patch_size={self.patch_size}"
-            )
-        for width, heads in (("vision_width", "vision_heads"), ("text_width", "text_heads")):
-            if getattr(self, width) % getattr(self, heads):
-                raise ValueError(
-                    f"{width} must be divisible by {heads}; got {getattr(self, width)} and "
-                    f"{getattr(self, heads)}"
-                )
 
+def text_inputs(tokens, attention_mask, vocab_size: int, context_length: int, pad_token_id: int):
+    """What a text encoder reads -> (input_ids (B, L) long, keep (B, L) bool, True = a word).
 
-# ----------------------------------------------------------------------------------------------
-# Input checks: each error names the parameter, what was expected and what came
-# ----------------------------------------------------------------------------------------------
-
-
-def prepare_images(images, image_size: int, in_channels: int = 3) -> torch.Tensor:
-    """uint8 (B, C, H, W) in 0..255 or float (B, C, H, W) in [0, 1] -> float32 in [0, 1]."""
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(
-            f"images must be a torch.Tensor (B, {in_channels}, {image_size}, {image_size}); "
-            f"got {type(images).__name__}"
-        )
-    check_device(images, "images", None)
-    if images.ndim != 4:
-        hint = " (a single image? use images[None])" if images.ndim == 3 else ""
-        raise ValueError(
-            f"images must have 4 dimensions (B, {in_channels}, {image_size}, {image_size}); "
-            f"got shape {tuple(images.shape)}{hint}"
-        )
-    if images.shape[1] != in_channels:
-        hint = (
-            " -- channels-last? use images.permute(0, 3, 1, 2)"
-            if images.shape[-1] == in_channels
-            else ""
-        )
-        raise ValueError(
-            f"images must have {in_channels} channels in dim 1 (B, C, H, W); got shape "
-            f"{tuple(images.shape)}{hint}"
-        )
-    if tuple(images.shape[-2:]) != (image_size, image_size):
-        raise ValueError(
-            f"images must be {image_size}×{image_size} (config.image_size); got shape "
-            f"{tuple(images.shape)}"
-        )
-    if images.shape[0] == 0:
-        raise ValueError("images is an empty batch (B = 0)")
-    if images.dtype == torch.uint8:
-        return images.float() / 255.0
-    if not images.is_floating_point():
-        raise TypeError(f"images must be uint8 (0..255) or float in [0, 1]; got {images.dtype}")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or inf")
-    lo, hi = images.min().item(), images.max().item()
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise ValueError(
-            f"float images must lie in [0, 1]; got values in [{lo:.3f}, {hi:.3f}] "
-            "(uint8 images can be passed as they are; [-1, 1] images need (x + 1) / 2)"
-        )
-    return images.float()
-
-
-def _check_tokens(tokens, attention_mask, vocab_size: int, context_length: int, pad_id: int):
-    """input_ids (B, L) LongTensor or the tokenizer's dict -> (ids, bool keep-mask (B, L))."""
+    tokens: input_ids (B, L), or the Tokenizer's dict (its "attention_mask" is used unless one
+    is passed). Without a mask, [PAD] ids are left out. Shared by CLIP, ViLBERT and ViLT.
+    """
     if isinstance(tokens, dict):
-        if "input_ids" not in tokens:
-            raise ValueError(f"tokens dict must hold 'input_ids'; got keys {sorted(tokens)}")
-        if attention_mask is None:
-            attention_mask = tokens.get("attention_mask")
-        tokens = tokens["input_ids"]
-    if not isinstance(tokens, torch.Tensor):
-        raise TypeError(
-            "tokens must be a LongTensor of input_ids (B, L) or the dict returned by "
-            f"Tokenizer(texts); got {type(tokens).__name__}"
-        )
-    check_device(tokens, "tokens", None)
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must have shape (B, L); got shape {tuple(tokens.shape)}")
-    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.is_complex():
-        raise TypeError(f"tokens must be integer ids (torch.long); got dtype {tokens.dtype}")
-    B, L = tokens.shape
-    if B == 0 or L == 0:
-        raise ValueError(f"tokens is empty; got shape {tuple(tokens.shape)}")
-    if L > context_length:
-        raise ValueError(
-            f"tokens has L={L} tokens, more than context_length={context_length}; tokenize "
-            f"with max_length={context_length}"
-        )
-    lo, hi = tokens.min().item(), tokens.max().item()
-    if lo < 0 or hi >= vocab_size:
-        raise ValueError(
-            f"token ids must lie in [0, vocab_size={vocab_size}); got ids in [{lo}, {hi}] "
-            "(a tokenizer with another vocabulary?)"
-        )
+        attention_mask = tokens.get("attention_mask") if attention_mask is None else attention_mask
+        tokens = tokens.get("input_ids")
+    ids = check_ids(tokens, "tokens", vocab_size, context_length)  # (B, L)
     if attention_mask is None:
-        keep = tokens != pad_id  # (B, L) True = real token
-    else:
-        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (B, L):
-            got = (
-                tuple(attention_mask.shape)
-                if isinstance(attention_mask, torch.Tensor)
-                else type(attention_mask).__name__
-            )
-            raise ValueError(f"attention_mask must have the shape of tokens {(B, L)}; got {got}")
-        keep = attention_mask.bool()
-    return tokens.long(), keep.to(tokens.device)
-
-
-def _check_emb(x, name: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [n, d]; got {type(x).__name__}")
-    if x.ndim != 2:
-        raise ValueError(f"{name} must have 2 dimensions [n, d]; got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor; got dtype {x.dtype}")
-    check_device(x, name, None)
-    if x.numel() == 0:
-        raise ValueError(f"{name} is empty; got shape {tuple(x.shape)}")
-    check_finite(x, name)
-
-
-def _check_normalized(x, name: str, atol: float = 1e-3) -> None:
-    norms = x.detach().float().norm(dim=-1)
-    if not torch.isfinite(norms).all() or (norms - 1).abs().max().item() > atol:
-        raise ValueError(
-            f"{name} must be L2-normalised (every row of norm 1); got norms in "
-            f"[{norms.min().item():.4f}, {norms.max().item():.4f}]. Use encode_*(..., "
-            "normalize=True) or F.normalize(x, dim=-1)"
-        )
+        return ids, ids != pad_token_id
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != ids.shape:
+        got = getattr(attention_mask, "shape", attention_mask)
+        raise ValueError(f"attention_mask must have the shape of tokens {tuple(ids.shape)}; "
+                         f"got {got!r:.60}")  # fmt: skip
+    check_device(attention_mask, "attention_mask", None)  # not on the meta device
+    return ids, attention_mask.bool().to(ids.device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,9 +109,15 @@ class CLIP(nn.Module):
 
     def __init__(self, config: CLIPConfig | None = None):
         super().__init__()
-        self.config = c = config if config is not None else CLIPConfig()
-        if not isinstance(c, CLIPConfig):
-            raise TypeError(f"config must be a CLIPConfig; got {type(c).__name__}")
+        c = CLIPConfig() if config is None else check_instance(config, CLIPConfig, "config")
+        pairs = (("image_size", "patch_size"), ("vision_width", "vision_heads"),
+                 ("text_width", "text_heads"))  # fmt: skip
+        for size, by in pairs:  # structural: PyTorch would fail deep inside otherwise
+            if getattr(c, size) % getattr(c, by):
+                raise ValueError(
+                    f"{size}={getattr(c, size)} must be divisible by {by}={getattr(c, by)}"
+                )
+        self.config = c
         self.pad_token_id = _TOKENIZER.pad_token_id
 
         # Image encoder: z₀ = [x_cls; x_p E] + E_pos, then L pre-norm blocks, pooled at [CLS].
@@ -280,7 +169,7 @@ class CLIP(nn.Module):
     def _vision_tokens(self, images, upto: int | None = None) -> torch.Tensor:
         """Hidden states (B, 1+N, D) after `upto` blocks (default: all of them)."""
         c = self.config
-        x = prepare_images(images, c.image_size, c.in_channels).to(self.device)  # (B, 3, H, W)
+        x = check_images(images, "images", c.image_size, c.in_channels).to(self.device)
         x = self.ln_pre(self.patch_embed(x))  # (B, 1+N, D): [CLS] then N patches
         for block in self.vision_blocks[:upto]:
             x = block(x)  # (B, 1+N, D)
@@ -300,11 +189,7 @@ class CLIP(nn.Module):
         are in row-major order: reshape to (B, grid, grid, D) with grid = image_size//patch.
         """
         n = self.config.vision_layers
-        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
-            raise TypeError(f"layer must be an int in [{-n}, {n - 1}]; got {layer!r}")
-        if not -n <= layer < n:
-            raise ValueError(f"layer must be in [{-n}, {n - 1}] (vision_layers={n}); got {layer}")
-        upto = int(layer) % n + 1  # how many blocks to run
+        upto = check_int(layer, "layer", -n, n - 1) % n + 1  # how many blocks to run
         return self._vision_tokens(images, upto)[:, 1:]  # (B, N, D)
 
     # ---- text tower --------------------------------------------------------------------------
@@ -316,9 +201,9 @@ class CLIP(nn.Module):
         mask them with the tokens' attention_mask.
         """
         c = self.config
-        ids, keep = _check_tokens(tokens, attention_mask, c.vocab_size, c.context_length,
-                                  self.pad_token_id)  # fmt: skip
-        ids, keep = ids.to(self.device), keep.to(self.device)
+        ids, keep = text_inputs(tokens, attention_mask, c.vocab_size, c.context_length,
+                                self.pad_token_id)  # fmt: skip
+        ids, keep = ids.to(self.device), keep.to(self.device)  # (B, L) each
         L = ids.shape[1]
         x = self.token_embedding(ids) + self.positional_embedding[:L]  # (B, L, D)
         for block in self.text_blocks:
@@ -349,35 +234,12 @@ class CLIP(nn.Module):
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale) -> torch.Tensor:
     """The symmetric InfoNCE loss of CLIP on a batch of n matching pairs.
 
-    image_emb, text_emb: L2-normalised [n, d]; row i of each comes from the same pair.
+    image_emb, text_emb: L2-normalised (n, E); row i of each comes from the same pair.
     logit_scale: the already-exponentiated scale exp(t) = 1/τ (a positive number or 0-d tensor).
     """
-    _check_emb(image_emb, "image_emb")
-    _check_emb(text_emb, "text_emb")
-    if image_emb.shape[0] != text_emb.shape[0]:
-        raise ValueError(
-            f"image_emb and text_emb must have the same batch size n; got "
-            f"{image_emb.shape[0]} and {text_emb.shape[0]}"
-        )
-    if image_emb.shape[1] != text_emb.shape[1]:
-        raise ValueError(
-            f"image_emb and text_emb must have the same width d; got {image_emb.shape[1]} and "
-            f"{text_emb.shape[1]}"
-        )
-    _check_normalized(image_emb, "image_emb")
-    _check_normalized(text_emb, "text_emb")
-    if isinstance(logit_scale, torch.Tensor):
-        if logit_scale.numel() != 1:
-            raise ValueError(f"logit_scale must be a scalar; got shape {tuple(logit_scale.shape)}")
-        value = logit_scale.detach().float().item()
-    elif isinstance(logit_scale, numbers.Real) and not isinstance(logit_scale, bool):
-        value = float(logit_scale)
-    else:
-        raise TypeError(f"logit_scale must be a positive number; got {logit_scale!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(
-            f"logit_scale must be positive and finite (exp(t), already exponentiated); got {value}"
-        )
+    if image_emb.shape != text_emb.shape:
+        raise ValueError(f"image_emb and text_emb must both be (n, E) with the same n and E; got "
+                         f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}")  # fmt: skip
     n = image_emb.shape[0]
     logits = logit_scale * image_emb @ text_emb.T  # np.dot(I_e, T_e.T) * np.exp(t): (n, n)
     labels = torch.arange(n, device=logits.device)  # the i-th image belongs to the i-th text
@@ -400,16 +262,6 @@ TEMPLATES: tuple[str, ...] = (
 )
 
 
-def _check_strings(values, name: str) -> list[str]:
-    if isinstance(values, str) or not isinstance(values, Sequence):
-        raise TypeError(f"{name} must be a list of strings; got {type(values).__name__}")
-    if len(values) == 0:
-        raise ValueError(f"{name} is empty: expected at least one string")
-    if any(not isinstance(v, str) for v in values):
-        raise TypeError(f"{name} must hold only strings")
-    return list(values)
-
-
 @torch.no_grad()
 def zero_shot_classifier(model: CLIP, tokenizer, classnames, templates=TEMPLATES) -> torch.Tensor:
     """One unit vector per class, (E, C): the normalised mean of the normalised embeddings of
@@ -417,14 +269,10 @@ def zero_shot_classifier(model: CLIP, tokenizer, classnames, templates=TEMPLATES
 
     templates: format strings with one "{}" for the class name, e.g. "a photo of a {}".
     """
-    check_instance(model, CLIP, "model")
-    if not callable(tokenizer):
-        raise TypeError(f"tokenizer must be a Tokenizer (callable); got {tokenizer!r}")
-    classnames = _check_strings(classnames, "classnames")
-    templates = _check_strings(templates, "templates")
-    for t in templates:
-        if t.count("{}") != 1:
-            raise ValueError(f"each template must contain '{{}}' once; got {t!r}")
+    classnames = check_strings(classnames, "classnames")
+    templates = check_strings(templates, "templates")
+    if any(t.count("{}") != 1 for t in templates):
+        raise ValueError(f"each template must contain '{{}}' once; got {templates}")
     weights = []
     for name in classnames:
         tokens = tokenizer([t.format(name) for t in templates], padding=True)
@@ -442,23 +290,13 @@ def zero_shot_predict(
 
     With return_logits=True returns the logits (B, C) instead.
     """
-    check_instance(model, CLIP, "model")
-    check_int(batch_size, "batch_size", 1, 1_000_000)
-    if not isinstance(classifier, torch.Tensor) or classifier.ndim != 2:
-        got = tuple(classifier.shape) if isinstance(classifier, torch.Tensor) else classifier
-        raise ValueError(f"classifier must be a tensor (E, C) from zero_shot_classifier; got {got}")
-    if classifier.shape[0] != model.config.embed_dim:
-        raise ValueError(
-            f"classifier must have embed_dim={model.config.embed_dim} rows; got shape "
-            f"{tuple(classifier.shape)}"
-        )
-    check_device(classifier, "classifier", None)
-    if not classifier.is_floating_point():
-        raise TypeError(f"classifier must be a float tensor (E, C); got dtype {classifier.dtype}")
-    check_finite(classifier, "classifier")
-    classifier = classifier.to(model.device)
     c = model.config
-    images = prepare_images(images, c.image_size, c.in_channels)  # checked once, then batched
+    check_tensor(classifier, "classifier", 2, "(E, C) from zero_shot_classifier", floating=True)
+    if classifier.shape[0] != c.embed_dim:
+        raise ValueError(f"classifier must be (E, C) with E = embed_dim = {c.embed_dim}; got "
+                         f"shape {tuple(classifier.shape)}")  # fmt: skip
+    classifier = classifier.to(model.device)
+    images = check_images(images, "images", c.image_size, c.in_channels)  # once, then batched
     logits = torch.cat(
         [
             100.0 * model.encode_image(images[s : s + batch_size], normalize=True) @ classifier
@@ -476,22 +314,12 @@ def recall_at_k(image_emb, text_emb, captions, k: int = 1) -> dict[str, float]:
     image the caption describes equally well counts). image->text likewise over the texts.
     Returns {"t2i": recall, "i2t": recall}.
     """
-    _check_emb(image_emb, "image_emb")
-    _check_emb(text_emb, "text_emb")
-    captions = _check_strings(captions, "captions")
-    n = image_emb.shape[0]
-    if image_emb.shape[1] != text_emb.shape[1]:
-        raise ValueError(
-            f"image_emb and text_emb must have the same width d; got {image_emb.shape[1]} and "
-            f"{text_emb.shape[1]}"
-        )
-    if text_emb.shape[0] != n or len(captions) != n:
-        raise ValueError(
-            f"image_emb, text_emb and captions must have the same length; got {n}, "
-            f"{text_emb.shape[0]} and {len(captions)}"
-        )
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"k must be an int in [1, {n}]; got {k!r}")
+    captions = check_strings(captions, "captions")
+    n = len(captions)
+    if image_emb.shape[0] != n or text_emb.shape[0] != n:
+        raise ValueError(f"image_emb, text_emb and captions must have the same length; got "
+                         f"{image_emb.shape[0]}, {text_emb.shape[0]} and {n}")  # fmt: skip
+    k = check_int(k, "k", 1, n)
     sim = F.normalize(image_emb.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1).T
     ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
     cap = torch.tensor([ids[c] for c in captions], device=sim.device)  # caption id per item
@@ -500,128 +328,3 @@ def recall_at_k(image_emb, text_emb, captions, k: int = 1) -> dict[str, float]:
     i2t = (cap[top_t] == cap[:, None]).any(dim=1).float().mean().item()
     t2i = (cap[top_i] == cap[:, None]).any(dim=1).float().mean().item()
     return {"t2i": t2i, "i2t": i2t}
-
-
-# ----------------------------------------------------------------------------------------------
-# Training and evaluation on ShapeWorld
-# ----------------------------------------------------------------------------------------------
-
-
-def training_batch(
-    step: int,
-    batch_size: int = 128,
-    seed: int = 0,
-    image_size: int = 32,
-    short_captions: float = 0.0,
-):
-    """Fresh `train` scenes for step `step`: uint8 images (B, 3, H, W) and token dict.
-
-    Captions use all four templates (drawn at random per scene), so the text encoder meets
-    every wording the zero-shot prompts will use. With probability `short_captions` a scene's
-    caption is replaced by a bare list of its objects ('a red circle and a blue cross'): the
-    kind of prompt zero-shot classification uses, which the four templates never produce.
-    """
-    stream = 1_000_000 * (seed + 1) + step  # scene seeds apart from evaluation seeds
-    scenes = sw.sample_scenes("train", batch_size, seed=stream, image_size=image_size)
-    images = torch.from_numpy(sw.render(scenes, image_size)).permute(0, 3, 1, 2)
-    rng = np.random.default_rng([seed, step, 7])
-    captions = mixed_captions(scenes, rng, short_captions)
-    return images, _TOKENIZER(captions, padding=True)
-
-
-def clip_training_loss(model: CLIP, batch) -> torch.Tensor:
-    """clip_loss of a batch; first clamps t so that exp(t) stays in [1, 100]."""
-    images, tokens = batch
-    model.clamp_logit_scale_()
-    image_emb = model.encode_image(images, normalize=True)  # I_e: (B, E)
-    text_emb = model.encode_text(tokens, normalize=True)  # T_e: (B, E)
-    return clip_loss(image_emb, text_emb, model.scale())
-
-
-def train_clip(
-    steps: int = 1000,
-    batch_size: int = 128,
-    seed: int = 0,
-    lr: float = 2e-3,
-    config: CLIPConfig | None = None,
-    warmup: int = 50,
-    short_captions: float = 0.5,
-    progress: bool = True,
-    device=None,
-    time_budget: float | None = None,
-) -> tuple[CLIP, list[float]]:
-    """Train CLIP from scratch on ShapeWorld `train`. Returns the model (in eval mode) and the
-    loss of every step.
-
-    time_budget: stop after this many seconds even when fewer than `steps` steps have run (a
-    cap for live runs in a notebook; the learning-rate schedule is still laid out over `steps`).
-
-    short_captions: the share of scenes captioned with a bare object list ('a red circle and
-    a blue cross', see `training_batch`). Without them zero-shot prompts such as "a photo of a
-    red circle" lie outside the training captions and zero-shot accuracy stays near 0.2-0.6
-    even when retrieval is above 0.9; with 0.25-0.5 it reaches 0.97-1.0.
-    """
-    from minimodels.train import fit, get_device, seed_everything
-
-    seed_everything(seed)
-    model = CLIP(config or CLIPConfig()).to(get_device(device))
-    history = fit(
-        model, clip_training_loss,
-        lambda step: training_batch(step, batch_size, seed, short_captions=short_captions),
-        steps=steps, time_budget=time_budget, lr=lr, warmup=min(warmup, steps // 2), cosine=True,
-        progress=progress, desc="clip",
-    )  # fmt: skip
-    model.eval()
-    return model, history
-
-
-def recall_gallery(seed: int = 0, n: int = 1000, image_size: int = 32, max_objects: int = 3):
-    """The retrieval gallery: n `test` scenes (1 to max_objects objects, as in training), each
-    with its canonical caption (template 0: size, colour, shape and position of every object,
-    e.g. 'a small red circle on the left and a large blue cross at the top').
-
-    Why canonical: a scene's caption template is drawn at random and cannot be seen in the
-    image, so "same caption" over random templates would cap recall far below 1 even for a
-    perfect model. Template 0 names everything visible and nothing else, so the caption is a
-    function of the image: a perfect model reaches recall 1, and two images share a caption
-    exactly when they look alike (a hit on such a twin counts).
-    """
-    images, scenes = sw.generate(
-        "test", n, seed=seed, image_size=image_size, max_objects=max_objects
-    )
-    captions = [sw.describe(s, template=0) for s in scenes]
-    return torch.from_numpy(images).permute(0, 3, 1, 2), captions
-
-
-@torch.no_grad()
-def evaluate_clip(model: CLIP, seed: int = 0, n: int = 1000, recall_max_objects: int = 3) -> dict:
-    """The issue's metrics on freshly generated images (deterministic in seed)."""
-    model.eval()
-    size = model.config.image_size
-    classifier = zero_shot_classifier(model, _TOKENIZER, CLASSNAMES, TEMPLATES)
-    out = {}
-    for key, split in (("zero_shot_acc", "test"), ("zero_shot_acc_heldout", "heldout")):
-        images, scenes = sw.generate(split, n, seed=seed, image_size=size, max_objects=1)
-        labels = torch.tensor(
-            [CLASSNAMES.index(f"{s['objects'][0]['color']} {s['objects'][0]['shape']}")
-             for s in scenes]
-        )  # fmt: skip
-        pred = zero_shot_predict(model, torch.from_numpy(images).permute(0, 3, 1, 2), classifier)
-        out[key] = round((pred.cpu() == labels).float().mean().item(), 4)
-    images, captions = recall_gallery(seed, n, size, recall_max_objects)
-    image_emb = torch.cat([model.encode_image(images[s : s + 500]) for s in range(0, n, 500)])
-    text_emb = torch.cat(
-        [model.encode_text(_TOKENIZER(captions[s : s + 500])) for s in range(0, n, 500)]
-    )
-    r = recall_at_k(image_emb, text_emb, captions, k=1)
-    out["recall_at_1_t2i"] = round(r["t2i"], 4)
-    out["recall_at_1_i2t"] = round(r["i2t"], 4)
-    out["n_params"] = sum(p.numel() for p in model.parameters())
-    return out
-
-
-def load_pretrained(device=None) -> CLIP:
-    """The shipped CLIP (minimodels/weights/clip.safetensors)."""
-    from minimodels.checkpoint import load_model, weights_path
-
-    return load_model(CLIP, weights_path("clip"), device=device)

@@ -9,8 +9,8 @@ of ordinary self-attention layers mixes them from the first layer on::
     z = [ [CLS] w₁ … w_L [SEP] ; p₁ … p_N ] + positions + modality(0 for words, 1 for patches)
     z → TransformerBlock × layers → h_CLS → pooler → alignment head (aligned or not)
 
-Training here uses the same batches as ViLBERT (`vilbert.training_batch`): alignment with
-random and hard negatives, and masked language modelling on aligned pairs.
+Training (``minimodels/recipes/vilt.py``) uses the same batches as ViLBERT's recipe: alignment
+with random and hard negatives, and masked language modelling on aligned pairs.
 
 Shape letters: B batch, L words, N patches, T = L + N tokens, D width.
 """
@@ -21,14 +21,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from minimodels.clip import _check_tokens, prepare_images
+from minimodels.checks import check_images, check_instance
+from minimodels.clip import text_inputs
 from minimodels.layers import PatchEmbedding, TransformerBlock
 from minimodels.text import Tokenizer
 
 _TOKENIZER = Tokenizer()
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -42,20 +41,6 @@ class ViLTConfig:
     layers: int = 4
     heads: int = 4
     mlp_ratio: float = 2.0
-
-    def __post_init__(self):
-        for name in ("image_size", "patch_size", "in_channels", "vocab_size", "context_length",
-                     "width", "layers", "heads"):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"image_size must be divisible by patch_size; got {self.image_size} and "
-                f"{self.patch_size}"
-            )
-        if self.width % self.heads:
-            raise ValueError(f"width must be divisible by heads; got {self.width}, {self.heads}")
 
 
 @dataclass
@@ -78,9 +63,13 @@ class ViLT(nn.Module):
 
     def __init__(self, config: ViLTConfig | None = None):
         super().__init__()
-        self.config = c = config if config is not None else ViLTConfig()
-        if not isinstance(c, ViLTConfig):
-            raise TypeError(f"config must be a ViLTConfig; got {type(c).__name__}")
+        c = ViLTConfig() if config is None else check_instance(config, ViLTConfig, "config")
+        for size, by in (("image_size", "patch_size"), ("width", "heads")):  # structural
+            if getattr(c, size) % getattr(c, by):
+                raise ValueError(
+                    f"{size}={getattr(c, size)} must be divisible by {by}={getattr(c, by)}"
+                )
+        self.config = c
         self.pad_token_id = _TOKENIZER.pad_token_id
         self.token_embedding = nn.Embedding(c.vocab_size, c.width)
         self.position_embedding = nn.Parameter(torch.zeros(c.context_length, c.width))
@@ -107,10 +96,10 @@ class ViLT(nn.Module):
         """tokens: input_ids (B, L) or the Tokenizer's dict; images uint8 (B, 3, H, W) or float
         in [0, 1]. Returns a `ViLTOutput`."""
         c = self.config
-        ids, text_mask = _check_tokens(tokens, attention_mask, c.vocab_size, c.context_length,
-                                       self.pad_token_id)  # fmt: skip
-        x = prepare_images(images, c.image_size, c.in_channels).to(self.device)
-        ids, text_mask = ids.to(self.device), text_mask.to(self.device)
+        ids, text_mask = text_inputs(tokens, attention_mask, c.vocab_size, c.context_length,
+                                     self.pad_token_id)  # fmt: skip
+        x = check_images(images, "images", c.image_size, c.in_channels).to(self.device)
+        ids, text_mask = ids.to(self.device), text_mask.to(self.device)  # (B, L) each
         B, L = ids.shape
         if x.shape[0] != B:
             raise ValueError(
@@ -140,60 +129,3 @@ class ViLT(nn.Module):
             mlm_logits=self.mlm_head(z[:, :L]),
             attentions=attentions,
         )
-
-
-def vilt_training_loss(model: ViLT, batch: dict) -> torch.Tensor:
-    """Alignment (random and hard negatives) + masked language modelling on aligned pairs."""
-    dev = model.device
-    out = model(batch["input_ids"], batch["images"], attention_mask=batch["attention_mask"])
-    itm = F.cross_entropy(out.itm_logits, batch["itm_labels"].to(dev))
-    mlm = F.cross_entropy(
-        out.mlm_logits.flatten(0, 1), batch["mlm_labels"].to(dev).flatten(),
-        ignore_index=IGNORE_INDEX,
-    )  # fmt: skip
-    return itm + mlm
-
-
-def train_vilt(
-    steps: int = 1500,
-    batch_size: int = 64,
-    seed: int = 0,
-    lr: float = 2e-3,
-    config: ViLTConfig | None = None,
-    progress: bool = True,
-    device=None,
-    time_budget: float | None = None,
-) -> tuple[ViLT, list[float]]:
-    """Train ViLT from scratch on the ViLBERT pre-training batches (alignment + MLM)."""
-    from minimodels.train import fit, get_device, seed_everything
-    from minimodels.vilbert import training_batch
-
-    seed_everything(seed)
-    model = ViLT(config or ViLTConfig()).to(get_device(device))
-    history = fit(
-        model, vilt_training_loss, lambda step: training_batch(step, batch_size, seed),
-        steps=steps, lr=lr, warmup=min(50, steps // 2), cosine=True, progress=progress,
-        desc="vilt", time_budget=time_budget,
-    )  # fmt: skip
-    model.eval()
-    return model, history
-
-
-@torch.no_grad()
-def itm_scores(model: ViLT, images, captions, batch_size: int = 250) -> torch.Tensor:
-    """(n,) alignment log-odds of each (image, caption) pair."""
-    model.eval()
-    out = []
-    for s in range(0, len(captions), batch_size):
-        o = model(
-            _TOKENIZER(captions[s : s + batch_size], max_length=40), images[s : s + batch_size]
-        )
-        out.append(o.itm_score().cpu())
-    return torch.cat(out)
-
-
-def load_pretrained(device=None) -> ViLT:
-    """The shipped ViLT (minimodels/weights/vilt.safetensors)."""
-    from minimodels.checkpoint import load_model, weights_path
-
-    return load_model(ViLT, weights_path("vilt"), device=device)

@@ -1,4 +1,6 @@
-"""CLIP: shapes, the temperature, the loss against open_clip's, zero-shot and retrieval helpers."""
+"""CLIP (the model file): shapes, the temperature, the loss against open_clip's, zero-shot and
+retrieval maths, checks at the entry points. Training and the shipped weights:
+tests/test_recipes_clip.py."""
 
 import math
 
@@ -7,17 +9,18 @@ import torch
 import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
+from minimodels.checkpoint import load_model, save_model
 from minimodels.clip import (
     CLIP,
     LOGIT_SCALE_INIT,
     CLIPConfig,
     clip_loss,
-    clip_training_loss,
     recall_at_k,
-    training_batch,
+    text_inputs,
     zero_shot_classifier,
     zero_shot_predict,
 )
+from minimodels.data.images import to_tensor
 from minimodels.text import Tokenizer
 
 TINY = CLIPConfig(vision_width=32, vision_layers=2, text_width=32, text_layers=1, embed_dim=16)
@@ -37,7 +40,7 @@ def model():
 @pytest.fixture(scope="module")
 def batch():
     images, scenes = sw.generate("test", 5, seed=1)
-    return torch.from_numpy(images).permute(0, 3, 1, 2), [s["caption"] for s in scenes]
+    return to_tensor(images), [s["caption"] for s in scenes]
 
 
 # ---- shapes and the API ----------------------------------------------------------------------
@@ -106,8 +109,8 @@ def test_logit_scale_init_and_clamp():
     assert m.logit_scale.item() == pytest.approx(math.log(100.0))
     with torch.no_grad():
         m.logit_scale.fill_(-3.0)
-    clip_training_loss(m, training_batch(0, batch_size=4))  # clamps t before each step
-    assert m.logit_scale.item() == 0.0
+    m.clamp_logit_scale_()
+    assert m.logit_scale.item() == 0.0  # exp(t) >= 1
 
 
 # ---- the loss --------------------------------------------------------------------------------
@@ -219,7 +222,7 @@ def test_recall_at_k_on_hand_built_embeddings():
         (torch.zeros(2, 1, 32, 32), ValueError, "3 channels"),
         (torch.zeros(2, 3, 28, 28), ValueError, "32×32"),
         (torch.zeros(2, 3, 32, 32, dtype=torch.int32), TypeError, "uint8"),
-        (torch.full((2, 3, 32, 32), float("nan")), ValueError, "NaN"),
+        (torch.full((2, 3, 32, 32), float("nan")), ValueError, "(?i)nan"),
         (torch.full((2, 3, 32, 32), 255.0), ValueError, r"\[0, 1\]"),
         ([[0.0]], TypeError, "images must be a torch.Tensor"),
     ],
@@ -235,85 +238,55 @@ def test_bad_tokens_raise(model, tok):
         model.encode_text(torch.tensor([[2, TINY.vocab_size, 3]]))
     with pytest.raises(ValueError, match="vocab_size"):
         model.encode_text(torch.tensor([[2, -1, 3]]))
-    with pytest.raises(TypeError, match="tokens must be integer"):
+    with pytest.raises(TypeError, match="tokens must be an integer tensor"):
         model.encode_text(ids.float())
-    with pytest.raises(ValueError, match=r"tokens must have shape \(B, L\)"):
+    with pytest.raises(ValueError, match=r"tokens must have 2 dimensions \(B, L\)"):
         model.encode_text(ids[0])
-    with pytest.raises(ValueError, match="context_length"):
+    with pytest.raises(ValueError, match="max_length=40"):
         model.encode_text(torch.full((1, TINY.context_length + 1), 10))
-    with pytest.raises(ValueError, match="attention_mask"):
+    with pytest.raises(ValueError, match="attention_mask must have the shape"):
         model.encode_text(ids, attention_mask=torch.ones(1, 2))
     with pytest.raises(TypeError, match="tokens must be"):
         model.encode_text("a red circle")
 
 
+def test_text_inputs_reads_the_tokenizer_dict_and_masks_padding(tok):
+    batch = tok(["a red circle", "a red circle and a blue cross"])
+    c = TINY
+    ids, keep = text_inputs(batch, None, c.vocab_size, c.context_length, tok.pad_token_id)
+    assert torch.equal(ids, batch["input_ids"]) and torch.equal(
+        keep, batch["attention_mask"].bool()
+    )
+    _, from_pad = text_inputs(batch["input_ids"], None, c.vocab_size, c.context_length,
+                              tok.pad_token_id)  # fmt: skip
+    assert torch.equal(from_pad, keep)  # no mask given: [PAD] ids are left out
+    mask = torch.ones_like(batch["attention_mask"])
+    _, given = text_inputs(batch, mask, c.vocab_size, c.context_length, tok.pad_token_id)
+    assert given.all()  # an explicit attention_mask wins over the dict's
+
+
 def test_bad_clip_loss_inputs_raise():
     x = F.normalize(torch.randn(4, 8), dim=-1)
-    with pytest.raises(ValueError, match="same batch size"):
+    with pytest.raises(ValueError, match="same n and E"):
         clip_loss(x, x[:3], 10.0)
-    with pytest.raises(ValueError, match="text_emb must be L2-normalised"):
-        clip_loss(x, 2 * x, 10.0)
-    with pytest.raises(ValueError, match="image_emb must have 2 dimensions"):
-        clip_loss(x[None], x, 10.0)
-    for bad in (0.0, -1.0, float("nan"), torch.tensor(float("inf"))):
-        with pytest.raises(ValueError, match="logit_scale"):
-            clip_loss(x, x, bad)
+    with pytest.raises(ValueError, match="same n and E"):
+        clip_loss(x, x[:, :4], 10.0)
 
 
 def test_bad_config_raises():
-    with pytest.raises(ValueError, match="image_size"):
-        CLIPConfig(image_size=30, patch_size=4)
-    with pytest.raises(ValueError, match="text_width"):
-        CLIPConfig(text_width=30, text_heads=4)
+    with pytest.raises(ValueError, match="image_size=30 must be divisible by patch_size=4"):
+        CLIP(CLIPConfig(image_size=30, patch_size=4))
+    with pytest.raises(ValueError, match="text_width=30 must be divisible by text_heads=4"):
+        CLIP(CLIPConfig(text_width=30, text_heads=4))
+    with pytest.raises(TypeError, match="config must be a CLIPConfig"):
+        CLIP({"image_size": 32})
 
 
-# ---- training and checkpoints ----------------------------------------------------------------
-
-
-def test_training_batch_captions():
-    images, tokens = training_batch(3, batch_size=6)
-    assert images.shape == (6, 3, 32, 32) and images.dtype == torch.uint8
-    assert tokens["input_ids"].shape[0] == 6
-    _, short = training_batch(3, batch_size=6, short_captions=1.0)
-    scenes = sw.sample_scenes("train", 6, seed=1_000_000 + 3)
-    expected = [" and ".join(f"a {o['color']} {o['shape']}" for o in s["objects"]) for s in scenes]
-    assert Tokenizer().batch_decode(short["input_ids"]) == expected
-
-
-def test_tiny_training_run_decreases_the_loss():
-    from minimodels.clip import train_clip
-
-    _, history = train_clip(steps=40, batch_size=32, config=TINY, progress=False)
-    start, end = sum(history[:5]) / 5, sum(history[-5:]) / 5
-    assert start > math.log(32) - 0.3  # no better than chance at the start
-    assert end < start - 0.5, history
+# ---- checkpoints -----------------------------------------------------------------------------
 
 
 def test_save_and_load_round_trip(model, batch, tmp_path):
-    from minimodels.checkpoint import load_model, save_model
-
     images, _ = batch
     save_model(model, tmp_path / "clip")
     loaded = load_model(CLIP, tmp_path / "clip", device="cpu")
     torch.testing.assert_close(loaded.encode_image(images), model.encode_image(images))
-
-
-# ----------------------------------------------------------------------------------------------
-# The shipped checkpoint (python -m minimodels.pretrain clip)
-# ----------------------------------------------------------------------------------------------
-
-
-def test_shipped_clip_meets_the_bars_on_a_fresh_seed():
-    import minimodels
-    from minimodels.clip import evaluate_clip
-
-    model = minimodels.pretrained("clip", device="cpu")
-    metrics = evaluate_clip(model, seed=11, n=400)
-    # The issue's bars (n=1000): zero-shot >= 0.95, held-out >= 0.80, recall@1 >= 0.80; a
-    # smaller sample here, so the same bars with a little room for sampling noise.
-    assert metrics["zero_shot_acc"] >= 0.93, metrics
-    assert metrics["zero_shot_acc_heldout"] >= 0.78, metrics
-    assert metrics["recall_at_1_t2i"] >= 0.80, metrics
-    assert metrics["recall_at_1_i2t"] >= 0.80, metrics
-    assert metrics["n_params"] == sum(p.numel() for p in model.parameters())
-    assert evaluate_clip(model, seed=11, n=400) == metrics  # deterministic in the seed

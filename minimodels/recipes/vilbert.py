@@ -1,18 +1,500 @@
-"""Recipe of ViLBERT (interim: the code still lives in minimodels/vilbert.py)."""
+"""Recipe of ViLBERT: pre-training batches and losses, training, evaluation, shipped weights.
 
-from minimodels import clip, vilbert, vilt
+The model (regions, co-attention, the heads) is in ``minimodels/vilbert.py``. This module holds
+what made and measures the shipped ViLBERT::
+
+    from minimodels.recipes.vilbert import train_vilbert, itm_pairs, itm_scores
+    model, losses = train_vilbert(steps=150, vqa_steps=0)
+    data = itm_pairs(seed=1, n=200)           # true captions, random and hard negatives
+    itm_scores(model, data["images"], data["scenes"], data["hard"])
+
+The alignment pairs and scores serve ViLT too (`itm_scores` takes either model), so that the
+two fusion encoders are measured on the same pairs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from minimodels.checkpoint import load_model, weights_path
+from minimodels.data.captions import NUM_TEMPLATES, describe, hard_negative, random_negative
+from minimodels.data.images import to_tensor
+from minimodels.data.shapeworld import generate, render, sample_scenes
+from minimodels.data.world import ANSWERS, COLORS, SHAPES
+from minimodels.recipes.clip import load_clip
+from minimodels.text import Tokenizer
+from minimodels.train import fit, get_device, seed_everything
+from minimodels.vilbert import (
+    IGNORE_INDEX,
+    REGION_CLASSES,
+    ViLBERT,
+    ViLBERTConfig,
+    regions_from_scenes,
+)
+from minimodels.vilt import ViLT
+
+TOKENIZER = Tokenizer()
+NUM_COLORS, NUM_SHAPES = len(COLORS), len(SHAPES)
+
+# ----------------------------------------------------------------------------------------------
+# Pre-training targets: the soft detector distribution, masking
+# ----------------------------------------------------------------------------------------------
 
 
-def load_vilbert(device=None):
-    return vilbert.load_pretrained(device=device)
+def soft_region_targets(
+    labels: torch.Tensor, true_mass: float = 0.8, similar_mass: float = 0.15
+) -> torch.Tensor:
+    """The detector's class distribution for each region, derived from the ground truth.
+
+    A real detector (ViLBERT uses Faster R-CNN) outputs a softmax over classes, not a one-hot:
+    it is unsure, and its mistakes are between look-alike classes. We have exact labels, so we
+    make that distribution by a structured label smoothing over the 30 colour-shape classes:
+
+        p(true class)                                   = true_mass            (0.8)
+        p(each of the 9 classes sharing colour or shape) = similar_mass / 9     (0.15 in all)
+        p(each of the 20 other classes)                  = rest / 20            (0.05 in all)
+
+    Why: KL(p_detector ‖ p_model) against a one-hot would be plain cross-entropy and push the
+    model to full confidence even when a masked region can't be pinned down from the text
+    (a caption without positions, two objects of one colour). The soft target keeps it
+    calibrated and, like a real detector, says "a red square is more like a red circle than a
+    blue cross". labels (...,) long, IGNORE_INDEX allowed -> (..., 30) rows summing to 1
+    (rows of IGNORE_INDEX are all zero).
+    """
+    rest = 1.0 - true_mass - similar_mass
+    if not (0 < true_mass <= 1 and 0 <= similar_mass and rest >= -1e-9):
+        raise ValueError(f"need 0 < true_mass, 0 <= similar_mass, true_mass + similar_mass <= 1; "
+                         f"got {true_mass}, {similar_mass}")  # fmt: skip
+    valid = labels != IGNORE_INDEX
+    k = torch.arange(len(REGION_CLASSES), device=labels.device)
+    y = labels.clamp(min=0)[..., None]  # (..., 1)
+    same_color = (k // NUM_SHAPES) == (y // NUM_SHAPES)  # (..., 30)
+    same_shape = (k % NUM_SHAPES) == (y % NUM_SHAPES)
+    is_true = k == y
+    similar = (same_color | same_shape) & ~is_true  # 4 + 5 = 9 look-alike classes
+    n_similar = NUM_COLORS - 1 + NUM_SHAPES - 1
+    n_other = len(REGION_CLASSES) - 1 - n_similar
+    p = torch.full(is_true.shape, max(rest, 0.0) / n_other, device=labels.device)
+    p = torch.where(similar, torch.tensor(similar_mass / n_similar), p)
+    p = torch.where(is_true, torch.tensor(float(true_mass)), p)
+    return p * valid[..., None]
 
 
-def pretrain_vilbert(steps: int, seed: int, device=None):
-    return vilbert.train_vilbert(steps=steps, vqa_steps=steps // 2, seed=seed, device=device)
+def mask_tokens(
+    input_ids: torch.Tensor,
+    attention_mask,
+    generator: torch.Generator,
+    p: float = 0.15,
+    at_least_one: bool = False,
+):
+    """BERT masking: each real word (not [CLS]/[SEP]/[PAD]) becomes [MASK] with probability p
+    (with at_least_one, one word is forced in a text that drew none).
+    Returns (masked ids, labels with IGNORE_INDEX elsewhere), both (B, L)."""
+    special = torch.tensor(sorted(TOKENIZER.special_ids))
+    word = attention_mask.bool() & ~torch.isin(input_ids, special)  # (B, L) maskable
+    chosen = (torch.rand(input_ids.shape, generator=generator) < p) & word
+    # at least one masked word per text: force a random word where none was drawn
+    none = ~chosen.any(dim=1)
+    if at_least_one and none.any():
+        scores = torch.rand(input_ids.shape, generator=generator).masked_fill(~word, -1.0)
+        forced = F.one_hot(scores.argmax(dim=1), input_ids.shape[1]).bool() & word
+        chosen = chosen | (forced & none[:, None])
+    labels = input_ids.masked_fill(~chosen, IGNORE_INDEX)
+    return input_ids.masked_fill(chosen, TOKENIZER.mask_token_id), labels
 
 
-def evaluate_vilbert(seed: int = 0, n: int = 1000, device=None) -> dict:
-    model, clip_model = load_vilbert(device), clip.load_pretrained(device=device)
-    out = vilbert.evaluate_vilbert(model, seed, n, clip_model, vilt.load_pretrained(device=device))
-    out["retrieval"] = vilbert.retrieval_timing(model, clip_model, gallery=1000, seed=seed)
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+
+def training_batch(
+    step: int,
+    batch_size: int = 64,
+    seed: int = 0,
+    image_size: int = 32,
+    p_negative: float = 0.5,
+    p_hard: float = 0.5,
+    mask_prob: float = 0.15,
+    vqa: bool = False,
+) -> dict:
+    """Fresh `train` scenes for one step of multimodal pre-training (and VQA with vqa=True).
+
+    Each scene gets a caption (random template); with probability p_negative the caption is
+    replaced by a negative, hard (`hard_negative`) with probability p_hard, else random.
+    Words and regions are masked (mask_prob) in *every* pair, but only aligned pairs keep
+    their labels (as in ViLBERT): masking only aligned pairs would let the alignment head
+    answer "is there a [MASK]?" instead of looking at the image.
+    With vqa=True the batch also holds one question per scene and its answer index.
+    """
+    stream = 1_000_000 * (seed + 1) + step  # scene seeds apart from evaluation seeds
+    scenes = sample_scenes("train", batch_size, seed=stream, image_size=image_size)
+    rng = np.random.default_rng([seed, step, 11])
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    captions, aligned = [], []
+    for i, s in enumerate(scenes):
+        template = int(rng.integers(NUM_TEMPLATES))
+        if rng.random() >= p_negative:
+            captions.append(describe(s, template=template))
+            aligned.append(1)
+        elif rng.random() < p_hard:
+            captions.append(hard_negative(s, template, rng)[0])
+            aligned.append(0)
+        else:
+            captions.append(random_negative(scenes, i, template, rng))
+            aligned.append(0)
+    aligned = torch.tensor(aligned)  # (B,) 1 = the caption describes the image
+    tokens = TOKENIZER(captions, max_length=40)
+    ids, mlm_labels = mask_tokens(tokens["input_ids"], tokens["attention_mask"], gen, mask_prob)
+    mlm_labels = mlm_labels.masked_fill(~aligned[:, None].bool(), IGNORE_INDEX)
+    regions = regions_from_scenes(scenes)
+    objects = regions["region_mask"].clone()
+    objects[:, 0] = False  # [IMG] is never masked
+    masked = (torch.rand(objects.shape, generator=gen) < mask_prob) & objects  # (B, R)
+    batch = {
+        "images": to_tensor(render(scenes, image_size)),  # uint8 (B, 3, H, W)
+        "input_ids": ids,
+        "attention_mask": tokens["attention_mask"],
+        "mlm_labels": mlm_labels,
+        "boxes": regions["boxes"],
+        "region_mask": regions["region_mask"],
+        "masked_regions": masked,
+        "region_labels": regions["region_labels"].masked_fill(
+            ~masked | ~aligned[:, None].bool(), IGNORE_INDEX
+        ),  # targets only for masked regions of aligned pairs
+        "itm_labels": aligned,
+    }
+    if vqa:
+        qs, answers = [], []
+        for s in scenes:
+            k = int(rng.integers(len(s["questions"])))
+            qs.append(s["questions"][k])
+            answers.append(ANSWERS.index(s["answers"][k]))
+        q = TOKENIZER(qs, max_length=40)
+        batch["question_ids"], batch["question_mask"] = q["input_ids"], q["attention_mask"]
+        batch["answers"] = torch.tensor(answers)
+    return batch
+
+
+def pretraining_losses(model: ViLBERT, batch: dict) -> dict[str, torch.Tensor]:
+    """The three pre-training losses (and the VQA loss if the batch has questions)."""
+    dev = model.device
+    out = model(
+        batch["input_ids"], batch["images"], batch["boxes"],
+        attention_mask=batch["attention_mask"], region_mask=batch["region_mask"],
+        masked_regions=batch["masked_regions"],
+    )  # fmt: skip
+    losses = {}
+    # masked language modelling: cross-entropy on the masked words only
+    losses["mlm"] = F.cross_entropy(
+        out.mlm_logits.flatten(0, 1),
+        batch["mlm_labels"].to(dev).flatten(),
+        ignore_index=IGNORE_INDEX,
+    )
+    # masked region modelling: KL(p_detector ‖ p_model) on the masked regions
+    labels = batch["region_labels"].to(dev)
+    sel = labels != IGNORE_INDEX
+    if sel.any():
+        target = soft_region_targets(labels[sel])  # (M, K)
+        log_p = out.mrm_logits[sel].log_softmax(dim=-1)  # (M, K)
+        losses["mrm"] = F.kl_div(log_p, target, reduction="batchmean")  # Σ p log(p / q)
+    else:
+        losses["mrm"] = out.mrm_logits.sum() * 0.0
+    # alignment prediction: is this caption about this image? (from h_IMG ⊙ h_CLS)
+    losses["itm"] = F.cross_entropy(out.itm_logits, batch["itm_labels"].to(dev))
+    if "question_ids" in batch:
+        q = model(
+            batch["question_ids"], batch["images"], batch["boxes"],
+            attention_mask=batch["question_mask"], region_mask=batch["region_mask"],
+        )  # fmt: skip
+        losses["vqa"] = F.cross_entropy(q.vqa_logits, batch["answers"].to(dev))
+    return losses
+
+
+def vilbert_training_loss(model: ViLBERT, batch: dict) -> torch.Tensor:
+    """The sum of `pretraining_losses`: what `train_vilbert` minimises."""
+    return sum(pretraining_losses(model, batch).values())
+
+
+def train_vilbert(
+    steps: int = 2000,
+    vqa_steps: int = 1000,
+    batch_size: int = 64,
+    seed: int = 0,
+    lr: float = 2e-3,
+    config: ViLBERTConfig | None = None,
+    progress: bool = True,
+    device=None,
+    time_budget: float | None = None,
+) -> tuple[ViLBERT, list[float]]:
+    """Pre-train on ShapeWorld (MLM + MRM + alignment), then fine-tune the VQA head and the
+    whole model on questions while the pre-training losses keep running.
+
+    steps: pre-training steps; vqa_steps: fine-tuning steps after them (0 = none).
+    Returns the model (eval mode) and the loss of every step.
+    """
+    seed_everything(seed)
+    model = ViLBERT(config or ViLBERTConfig()).to(get_device(device))
+    history = fit(
+        model, vilbert_training_loss,
+        lambda step: training_batch(step, batch_size, seed),
+        steps=steps, lr=lr, warmup=min(50, steps // 2), cosine=True, progress=progress,
+        desc="vilbert pre-training", time_budget=time_budget,
+    )  # fmt: skip
+    if vqa_steps:
+        history += fit(
+            model, vilbert_training_loss,
+            lambda step: training_batch(steps + step, batch_size, seed, vqa=True),
+            steps=vqa_steps, lr=lr / 2, warmup=min(50, vqa_steps // 2), cosine=True,
+            progress=progress, desc="vilbert VQA fine-tuning",
+        )  # fmt: skip
+    model.eval()
+    return model, history
+
+
+def pretrain_vilbert(steps: int, seed: int, device=None) -> tuple[ViLBERT, list[float]]:
+    """The shipped ViLBERT: `steps` of pre-training, then steps // 2 of VQA fine-tuning."""
+    return train_vilbert(steps=steps, vqa_steps=steps // 2, seed=seed, device=device)
+
+
+def load_vilbert(device=None) -> ViLBERT:
+    """The shipped ViLBERT (minimodels/weights/vilbert.safetensors)."""
+    return load_model(ViLBERT, weights_path("vilbert"), device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+def itm_pairs(
+    seed: int = 0,
+    n: int = 1000,
+    image_size: int = 32,
+    min_objects: int = 1,
+    max_objects: int = 3,
+    template: int | None = None,
+) -> dict:
+    """The evaluation set of alignment: n `test` scenes, each with its true caption, a random
+    negative and a hard negative (same template: `template`, or a random one per scene).
+    Deterministic in seed. images: uint8 (n, 3, H, W)."""
+    images, scenes = generate(
+        "test", n, seed=seed, image_size=image_size, min_objects=min_objects,
+        max_objects=max_objects,
+    )  # fmt: skip
+    rng = np.random.default_rng([seed, 99])
+    pos, rand, hard, kinds = [], [], [], []
+    for i, s in enumerate(scenes):
+        t = int(rng.integers(NUM_TEMPLATES)) if template is None else template
+        pos.append(describe(s, template=t))
+        rand.append(random_negative(scenes, i, t, rng))
+        h, kind = hard_negative(s, t, rng)
+        hard.append(h)
+        kinds.append(kind)
+    return {
+        "images": to_tensor(images),
+        "scenes": scenes,
+        "positive": pos,
+        "random": rand,
+        "hard": hard,
+        "hard_kind": kinds,
+    }
+
+
+def fusion_forward(model: ViLBERT | ViLT, tokens: dict, images, scenes):
+    """One forward pass of a fusion encoder: ViLBERT reads the scenes' regions, ViLT does not."""
+    if isinstance(model, ViLT):
+        return model(tokens, images)
+    r = regions_from_scenes(scenes, model.config.max_regions)
+    return model(tokens, images, r["boxes"], region_mask=r["region_mask"])
+
+
+@torch.no_grad()
+def itm_scores(
+    model: ViLBERT | ViLT, images, scenes, captions, batch_size: int = 250
+) -> torch.Tensor:
+    """(n,) alignment log-odds of each (image, caption) pair, under ViLBERT or ViLT."""
+    model.eval()
+    out = []
+    for s in range(0, len(captions), batch_size):
+        sl = slice(s, s + batch_size)
+        o = fusion_forward(model, TOKENIZER(captions[sl], max_length=40), images[sl], scenes[sl])
+        out.append(o.itm_score().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def mlm_accuracy(model: ViLBERT | ViLT, images, scenes, captions, seed: int = 0) -> float:
+    """Mask one colour or shape word of each (true) caption; the share predicted exactly."""
+    rng = np.random.default_rng([seed, 5])
+    tokens = TOKENIZER(captions, max_length=40)
+    ids = tokens["input_ids"].clone()
+    attr = torch.tensor(TOKENIZER.convert_tokens_to_ids(list(COLORS) + list(SHAPES)))
+    targets = []
+    for i in range(len(captions)):
+        slots = torch.isin(ids[i], attr).nonzero().flatten().tolist()
+        j = slots[int(rng.integers(len(slots)))]
+        targets.append((i, j, int(ids[i, j])))
+        ids[i, j] = TOKENIZER.mask_token_id
+    correct = 0
+    for s in range(0, len(captions), 250):
+        sl = slice(s, s + 250)
+        masked = {"input_ids": ids[sl], "attention_mask": tokens["attention_mask"][sl]}
+        o = fusion_forward(model, masked, images[sl], scenes[sl])
+        for i, j, y in targets[sl]:
+            correct += int(o.mlm_logits[i - s, j].argmax().item() == y)
+    return correct / len(captions)
+
+
+@torch.no_grad()
+def vqa_accuracy(model: ViLBERT, seed: int = 0, n: int = 1000, image_size: int = 32) -> float:
+    """Accuracy over every question of n fresh `test` scenes."""
+    images, scenes = generate("test", n, seed=seed + 7, image_size=image_size)
+    images = to_tensor(images)  # uint8 (n, 3, H, W)
+    idx = [(i, k) for i, s in enumerate(scenes) for k in range(len(s["questions"]))]
+    correct = 0
+    for s in range(0, len(idx), 500):
+        chunk = idx[s : s + 500]
+        sc = [scenes[i] for i, _ in chunk]
+        r = regions_from_scenes(sc, model.config.max_regions)
+        q = TOKENIZER([scenes[i]["questions"][k] for i, k in chunk], max_length=40)
+        o = model(q, images[[i for i, _ in chunk]], r["boxes"], region_mask=r["region_mask"])
+        pred = o.vqa_logits.argmax(dim=-1).cpu()
+        gold = torch.tensor([ANSWERS.index(scenes[i]["answers"][k]) for i, k in chunk])
+        correct += int((pred == gold).sum())
+    return correct / len(idx)
+
+
+@torch.no_grad()
+def clip_itm_scores(clip_model, images, captions, batch_size: int = 500) -> torch.Tensor:
+    """(n,) cosine similarity of each (image, caption) pair under a CLIP model.
+
+    images: (n, 3, H, W), or the images' normalised CLIP embeddings (n, E) computed once
+    with `clip_model.encode_image(images, normalize=True)` (a dual encoder's whole point).
+    """
+    if isinstance(images, torch.Tensor) and images.ndim == 2:
+        image_emb = images
+    else:
+        image_emb = torch.cat(
+            [
+                clip_model.encode_image(images[s : s + batch_size], normalize=True)
+                for s in range(0, len(images), batch_size)
+            ]
+        )  # (n, E)
+    if len(image_emb) != len(captions):
+        raise ValueError(f"images and captions must have the same length; got {len(image_emb)} "
+                         f"and {len(captions)}")  # fmt: skip
+    out = []
+    for s in range(0, len(captions), batch_size):
+        t_e = clip_model.encode_text(
+            TOKENIZER(captions[s : s + batch_size], max_length=40), normalize=True
+        )  # (b, E)
+        out.append((image_emb[s : s + batch_size].to(t_e.device) * t_e).sum(-1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def retrieval_timing(model: ViLBERT, clip_model, gallery: int = 1000, seed: int = 0) -> dict:
+    """Seconds to rank a gallery of images for one text query, both ways.
+
+    dual encoder (CLIP): embed the gallery once (offline), then per query one text encoding
+    and one matrix product; fusion (ViLBERT): one forward pass per (query, image) pair.
+    """
+    images, scenes = generate("test", gallery, seed=seed, image_size=model.config.image_size)
+    images = to_tensor(images)  # uint8 (N, 3, H, W)
+    query = scenes[0]["caption"]
+    model.eval()
+    clip_model.eval()
+    t0 = time.perf_counter()
+    gallery_emb = torch.cat(
+        [
+            clip_model.encode_image(images[s : s + 500], normalize=True)
+            for s in range(0, gallery, 500)
+        ]
+    )  # (N, E), computed once for all future queries
+    t1 = time.perf_counter()
+    q = clip_model.encode_text(TOKENIZER([query]), normalize=True)  # (1, E)
+    top_dual = (gallery_emb @ q.T).squeeze(1).argmax().item()  # one matmul ranks the gallery
+    t2 = time.perf_counter()
+    scores = itm_scores(model, images, scenes, [query] * gallery)  # a forward per pair
+    t3 = time.perf_counter()
+    return {
+        "gallery": gallery,
+        "dual_gallery_embed_s": round(t1 - t0, 4),
+        "dual_query_s": round(t2 - t1, 5),
+        "fusion_query_s": round(t3 - t2, 4),
+        "dual_top1_matches": scenes[top_dual]["caption"] == query,
+        "fusion_top1_matches": scenes[int(scores.argmax())]["caption"] == query,
+    }
+
+
+def alignment_figures(model: ViLBERT | ViLT, data: dict, seed: int) -> dict:
+    """Alignment and masked-word figures of a fusion encoder on `itm_pairs` data:
+    itm_acc_random / itm_acc_hard (the true caption outscores the negative), itm_binary_acc_hard
+    (each of the 2n true and hard pairs on the right side of log-odds 0) and mlm_acc."""
+    images, scenes = data["images"], data["scenes"]
+    pos = itm_scores(model, images, scenes, data["positive"])  # (n,) log-odds
+    rand = itm_scores(model, images, scenes, data["random"])
+    hard = itm_scores(model, images, scenes, data["hard"])
+    return {
+        "itm_acc_random": round((pos > rand).float().mean().item(), 4),
+        "itm_acc_hard": round((pos > hard).float().mean().item(), 4),
+        "itm_binary_acc_hard": round(
+            ((pos > 0).float().mean() + (hard < 0).float().mean()).item() / 2, 4
+        ),
+        "mlm_acc": round(mlm_accuracy(model, images, scenes, data["positive"], seed), 4),
+    }
+
+
+def crowded_pairs(seed: int, n: int, image_size: int = 32) -> dict:
+    """`itm_pairs` of max(1, n // 2) scenes of 5 objects, more than any model saw in training
+    (template 3 keeps the caption within 40 tokens): one vector per image has to hold more,
+    one token per region does not."""
+    return itm_pairs(seed, max(1, n // 2), image_size, min_objects=5, max_objects=5, template=3)
+
+
+@torch.no_grad()
+def evaluate_vilbert(
+    seed: int = 0, n: int = 1000, device=None, model=None, clip_model=None, vilt_model=None
+) -> dict:
+    """ViLBERT's figures on fresh `test` scenes, deterministic in the seed (timings aside).
+
+    itm_acc_random / itm_acc_hard / itm_binary_acc_hard / mlm_acc: see `alignment_figures`;
+    vqa_acc: every question of n scenes; itm_acc_hard_5_objects: on `crowded_pairs`. The same
+    pairs scored by CLIP's cosine (clip_itm_acc_hard, clip_itm_acc_hard_5_objects) and by ViLT
+    (itm_acc_hard_single_stream); retrieval: `retrieval_timing` over 1000 images.
+    model: the ViLBERT to measure; by default the shipped one, with the shipped CLIP and ViLT
+    (loaded on `device`). With a model given, only the clip_model / vilt_model given are used.
+    """
+    if model is None:
+        model, clip_model = load_vilbert(device), load_clip(device)
+        vilt_model = load_model(ViLT, weights_path("vilt"), device=device)
+    model.eval()
+    size = model.config.image_size
+    data = itm_pairs(seed, n, size)
+    out = alignment_figures(model, data, seed)
+    out["vqa_acc"] = round(vqa_accuracy(model, seed, n, size), 4)
+    crowd = crowded_pairs(seed, n, size)
+    p5 = itm_scores(model, crowd["images"], crowd["scenes"], crowd["positive"])
+    h5 = itm_scores(model, crowd["images"], crowd["scenes"], crowd["hard"])
+    out["itm_acc_hard_5_objects"] = round((p5 > h5).float().mean().item(), 4)
+    if clip_model is not None:  # the images are embedded once for both captions
+        emb = torch.cat([clip_model.encode_image(data["images"][s : s + 500], normalize=True)
+                         for s in range(0, n, 500)])  # fmt: skip
+        cpos, chard = (clip_itm_scores(clip_model, emb, data[k]) for k in ("positive", "hard"))
+        out["clip_itm_acc_hard"] = round((cpos > chard).float().mean().item(), 4)
+        emb = clip_model.encode_image(crowd["images"], normalize=True)
+        p5, h5 = (clip_itm_scores(clip_model, emb, crowd[k]) for k in ("positive", "hard"))
+        out["clip_itm_acc_hard_5_objects"] = round((p5 > h5).float().mean().item(), 4)
+    if vilt_model is not None:
+        vpos, vhard = (itm_scores(vilt_model, data["images"], data["scenes"], data[k])
+                       for k in ("positive", "hard"))  # fmt: skip
+        out["itm_acc_hard_single_stream"] = round((vpos > vhard).float().mean().item(), 4)
+    out["n_params"] = sum(p.numel() for p in model.parameters())
+    if clip_model is not None:
+        out["retrieval"] = retrieval_timing(model, clip_model, gallery=1000, seed=seed)
     return out

@@ -1,0 +1,217 @@
+"""ViLBERT's recipe: pre-training targets and batches, the losses, training, the evaluation
+pairs and scores (shared with ViLT), and the shipped weights' bars."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minimodels import shapeworld as sw
+from minimodels.data.captions import hard_negative
+from minimodels.recipes.vilbert import (
+    evaluate_vilbert,
+    fusion_forward,
+    itm_pairs,
+    itm_scores,
+    load_vilbert,
+    mask_tokens,
+    mlm_accuracy,
+    pretraining_losses,
+    soft_region_targets,
+    train_vilbert,
+    training_batch,
+    vilbert_training_loss,
+)
+from minimodels.text import Tokenizer
+from minimodels.vilbert import (
+    IGNORE_INDEX,
+    ViLBERT,
+    ViLBERTConfig,
+    region_class,
+    regions_from_scenes,
+)
+from minimodels.vilt import ViLT, ViLTConfig, ViLTOutput
+
+TINY = ViLBERTConfig(cnn_channels=16, text_width=32, vision_width=32, num_heads=4, bi_hidden=32)
+TINY_VILT = ViLTConfig(width=32, layers=2, heads=4, patch_size=8)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer()
+
+
+# ---- pre-training targets ----------------------------------------------------------------------
+
+
+def test_soft_region_targets_structure():
+    labels = torch.tensor([region_class("red", "circle"), IGNORE_INDEX])
+    p = soft_region_targets(labels, true_mass=0.8, similar_mass=0.15)
+    assert p.shape == (2, 30)
+    torch.testing.assert_close(p[0].sum(), torch.tensor(1.0))
+    assert p[1].abs().sum() == 0
+    assert p[0, region_class("red", "circle")].item() == pytest.approx(0.8)
+    same = [region_class("red", s) for s in sw.SHAPES[1:]] + [
+        region_class(c, "circle") for c in list(sw.COLORS)[1:]
+    ]
+    assert p[0, same].sum().item() == pytest.approx(0.15)
+    assert p[0, region_class("blue", "cross")].item() == pytest.approx(0.05 / 20)
+    # the KL loss is 0 exactly when the model predicts the detector's distribution
+    assert F.kl_div(p[:1].log(), p[:1], reduction="batchmean").abs().item() < 1e-6
+    with pytest.raises(ValueError, match="true_mass"):
+        soft_region_targets(labels, true_mass=0.9, similar_mass=0.2)
+
+
+def test_mask_tokens_masks_only_words_and_at_least_one(tok):
+    batch = tok(["a red circle", "there are two shapes: a red circle on the left and a blue cross"])
+    gen = torch.Generator().manual_seed(0)
+    ids, labels = mask_tokens(
+        batch["input_ids"], batch["attention_mask"], gen, p=0.15, at_least_one=True
+    )
+    chosen = labels != IGNORE_INDEX
+    assert chosen.any(dim=1).all()  # at least one word per text
+    assert (ids[chosen] == tok.mask_token_id).all()
+    assert (labels[chosen] == batch["input_ids"][chosen]).all()
+    assert not chosen[:, 0].any()  # never [CLS]
+    assert not chosen[batch["attention_mask"] == 0].any()  # never padding
+    big = tok(["a small red circle on the left and a large blue cross at the top"] * 400)
+    _, lab = mask_tokens(big["input_ids"], big["attention_mask"], gen, p=0.15)
+    rate = (lab != IGNORE_INDEX).float().sum() / (big["attention_mask"].sum() - 800)
+    assert 0.12 < rate.item() < 0.19
+
+
+def test_hard_negatives_are_false_and_close():
+    rng = np.random.default_rng(0)
+    scenes = sw.sample_scenes("test", 300, seed=2)
+    kinds = set()
+    for s in scenes:
+        t = int(rng.integers(sw.NUM_TEMPLATES))
+        neg, kind = hard_negative(s, t, rng)
+        pos = sw.describe(s, template=t)
+        kinds.add(kind)
+        assert neg != pos
+        assert len(neg.split()) == len(pos.split())  # same template, one attribute changed
+        changed = [a for a, b in zip(pos.split(), neg.split()) if a != b]
+        assert len(changed) == (2 if kind == "exchange" else 1), (pos, neg, kind)
+        if kind == "exchange":
+            assert sorted(pos.split()) == sorted(neg.split())  # same bag of words
+        # the negative names a colour-shape pair that the scene does not contain
+        pairs = {(o["color"], o["shape"]) for o in s["objects"]}
+        words = neg.replace(",", "").split()
+        named = {(a, b) for a, b in zip(words, words[1:]) if a in sw.COLORS and b in sw.SHAPES}
+        assert named - pairs, (pos, neg)
+    assert kinds == {"colour", "shape", "exchange"}
+
+
+def test_training_batch_masks_every_pair_but_labels_only_aligned_ones(tok):
+    b = training_batch(0, batch_size=64, seed=0, vqa=True)
+    aligned = b["itm_labels"].bool()
+    assert 0.3 < aligned.float().mean() < 0.7
+    # [MASK] appears in aligned and negative captions alike: no shortcut for the alignment head
+    has_mask = (b["input_ids"] == tok.mask_token_id).any(dim=1)
+    assert has_mask[aligned].any() and has_mask[~aligned].any()
+    assert b["masked_regions"][~aligned].any() and not b["masked_regions"][:, 0].any()
+    # ... but only aligned pairs have targets
+    assert not (b["mlm_labels"][~aligned] != IGNORE_INDEX).any()
+    assert (
+        (b["mlm_labels"] != IGNORE_INDEX)
+        == (has_mask[:, None] & (b["input_ids"] == tok.mask_token_id) & aligned[:, None])
+    ).all()
+    assert ((b["region_labels"] != IGNORE_INDEX) == (b["masked_regions"] & aligned[:, None])).all()
+    assert b["answers"].shape == (64,) and b["answers"].max() < len(sw.ANSWERS)
+
+
+def test_tiny_training_run_decreases_the_loss():
+    torch.manual_seed(0)
+    m = ViLBERT(TINY)
+    batch = training_batch(0, batch_size=32, seed=0, vqa=True)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    first = {k: v.item() for k, v in pretraining_losses(m, batch).items()}
+    for _ in range(30):
+        loss = vilbert_training_loss(m, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    last = {k: v.item() for k, v in pretraining_losses(m, batch).items()}
+    assert set(first) == {"mlm", "mrm", "itm", "vqa"}
+    assert all(last[k] < first[k] for k in ("mlm", "itm", "vqa")), (first, last)
+
+
+def test_train_vilbert_runs_both_phases():
+    small = ViLBERTConfig(cnn_channels=8, text_width=16, vision_width=16, num_heads=2,
+                          bi_hidden=16, co_layers=1)  # fmt: skip
+    model, history = train_vilbert(steps=3, vqa_steps=2, batch_size=16, config=small,
+                                   progress=False, device="cpu")  # fmt: skip
+    assert len(history) == 5 and all(np.isfinite(history))
+    assert not model.training
+
+
+# ---- evaluation: the same pairs and scores for ViLBERT and ViLT ---------------------------------
+
+
+def test_itm_pairs_are_deterministic_and_negatives_differ():
+    a, b = itm_pairs(seed=3, n=20), itm_pairs(seed=3, n=20)
+    assert a["positive"] == b["positive"] and a["hard"] == b["hard"] and a["random"] == b["random"]
+    assert torch.equal(a["images"], b["images"]) and a["images"].dtype == torch.uint8
+    assert all(p != h and p != r for p, h, r in zip(a["positive"], a["hard"], a["random"]))
+    assert itm_pairs(seed=4, n=20)["positive"] != a["positive"]
+
+
+def test_itm_scores_are_the_forward_passes_log_odds(tok):
+    torch.manual_seed(0)
+    vilbert, vilt = ViLBERT(TINY).eval(), ViLT(TINY_VILT).eval()
+    data = itm_pairs(seed=0, n=6)
+    images, scenes, caps = data["images"], data["scenes"], data["positive"]
+    r = regions_from_scenes(scenes, TINY.max_regions)
+    with torch.no_grad():
+        direct = vilbert(tok(caps, max_length=40), images, r["boxes"], region_mask=r["region_mask"])
+        direct_vilt = vilt(tok(caps, max_length=40), images)
+    # in chunks of 4 (the padding of each chunk differs): the same log-odds
+    torch.testing.assert_close(itm_scores(vilbert, images, scenes, caps, batch_size=4),
+                               direct.itm_score(), rtol=1e-5, atol=1e-5)  # fmt: skip
+    torch.testing.assert_close(itm_scores(vilt, images, scenes, caps, batch_size=4),
+                               direct_vilt.itm_score(), rtol=1e-5, atol=1e-5)  # fmt: skip
+    with torch.no_grad():
+        out = fusion_forward(vilt, tok(caps), images, scenes)
+    assert out.itm_logits.shape == (6, 2)
+
+
+class _FixedMLM(ViLT):
+    """A ViLT whose MLM logits are one-hot on fixed ids (`answer`) or on its input ids."""
+
+    def __init__(self, answer=None):
+        super().__init__(TINY_VILT)
+        self.answer = answer
+
+    def forward(self, tokens, images):
+        ids = tokens["input_ids"] if self.answer is None else self.answer
+        none = torch.zeros(0)
+        return ViLTOutput(hidden=none, pooled=none, itm_logits=none,
+                          mlm_logits=F.one_hot(ids, TINY_VILT.vocab_size).float())  # fmt: skip
+
+
+def test_mlm_accuracy_scores_the_masked_word_only(tok):
+    data = itm_pairs(seed=0, n=5)
+    args = (data["images"], data["scenes"], data["positive"])
+    truth = tok(data["positive"], max_length=40)["input_ids"]  # one chunk: the same padding
+    assert mlm_accuracy(_FixedMLM(answer=truth), *args) == 1.0  # knows every word
+    assert mlm_accuracy(_FixedMLM(), *args) == 0.0  # copies its input: predicts [MASK]
+
+
+# ---- the shipped weights -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped_metrics():
+    return evaluate_vilbert(seed=12345, n=300, model=load_vilbert(device="cpu"))
+
+
+def test_shipped_vilbert_meets_the_issue_bars_on_a_fresh_seed(shipped_metrics):
+    # issue 6's bars (measured at --n 1000 on seeds 0 and 1: 0.938/0.945, 0.973/0.977,
+    # 0.958/0.960); a seed the training never saw, n = 300
+    m = shipped_metrics
+    assert m["itm_acc_random"] >= 0.95, m  # random negatives
+    assert m["itm_acc_hard"] >= 0.90, m  # one attribute swapped or two colours exchanged
+    assert m["mlm_acc"] >= 0.90, m  # masked colour/shape words: 1/11 by chance
+    assert m["vqa_acc"] >= 0.85, m
+    assert "clip_itm_acc_hard" not in m and "retrieval" not in m  # no CLIP given

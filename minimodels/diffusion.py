@@ -27,58 +27,28 @@ Shape letters: B batch, C channels, H, W height and width.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from minimodels.checks import check_device, check_finite
+from minimodels.checks import check_bool, check_float, check_int, check_str
 
 SCHEDULES = ("linear", "cosine")
 _ALIASES = {"squaredcos_cap_v2": "cosine"}  # diffusers' name for the cosine schedule
 
 
-# ----------------------------------------------------------------------------------------------
-# Input checks
-# ----------------------------------------------------------------------------------------------
-
-
-def _check_int(value, name: str, lo: int, hi: int) -> int:
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-        value = int(value.item())
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int in [{lo}, {hi}]; got {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}]; got {value}")
-    return int(value)
-
-
-def _check_float_tensor(x, name: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a float torch.Tensor; got {type(x).__name__}")
-    check_device(x, name, None)
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor; got dtype {x.dtype}")
-    if x.ndim == 0:
-        raise ValueError(f"{name} must have a batch dimension (B, ...); got a 0-d tensor")
-    if x.numel() == 0:
-        raise ValueError(f"{name} is empty; got shape {tuple(x.shape)}")
-    check_finite(x, name)
-
-
-def _check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
-    if a.shape != b.shape:
-        raise ValueError(
-            f"{name_a} and {name_b} must have the same shape; got {tuple(a.shape)} and "
-            f"{tuple(b.shape)}"
-        )
-
-
 def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(B,) -> (B, 1, 1, ...) with as many dims as `like`."""
     return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
+
+
+def _timesteps(timesteps, like: torch.Tensor) -> torch.Tensor:
+    """An int, or a (B,) / 0-d integer tensor -> a LongTensor on `like`'s device (1 or B)."""
+    return torch.as_tensor(timesteps).reshape(-1).to(like.device, torch.long)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,18 +74,8 @@ def make_betas(
     cosine: β_t = min(1 - ᾱ((t+1)/T) / ᾱ(t/T), max_beta), with ᾱ from `cosine_alpha_bar`
     (improved DDPM; diffusers' "squaredcos_cap_v2"). beta_start/beta_end are then unused.
     """
-    T = _check_int(num_train_timesteps, "num_train_timesteps", 1, 100_000)
-    if not isinstance(beta_schedule, str):
-        raise TypeError(f"beta_schedule must be one of {SCHEDULES}; got {beta_schedule!r}")
-    schedule = _ALIASES.get(beta_schedule, beta_schedule)
-    if schedule not in SCHEDULES:
-        raise ValueError(f"beta_schedule must be one of {SCHEDULES}; got {beta_schedule!r}")
-    for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
-            raise ValueError(f"{name} must be a number in (0, 1); got {value!r}")
-    if beta_start > beta_end:
-        raise ValueError(f"beta_start must be <= beta_end; got {beta_start} > {beta_end}")
-    if schedule == "linear":
+    T = num_train_timesteps
+    if _ALIASES.get(beta_schedule, beta_schedule) == "linear":
         return torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
     betas = [
         min(1 - cosine_alpha_bar((i + 1) / T) / cosine_alpha_bar(i / T), max_beta) for i in range(T)
@@ -142,7 +102,7 @@ class DDPMScheduler:
     Matches ``diffusers.DDPMScheduler(prediction_type="epsilon", variance_type="fixed_small")``
     with the same schedule ("cosine" here is diffusers' "squaredcos_cap_v2") and the same
     ``clip_sample``. diffusers clips x̂_0 to [-1, 1] by default; here clip_sample=False is the
-    default, so that step() is the textbook formula; the pipelines in minimodels.unet clip.
+    default, so that step() is the textbook formula; `minimodels.pipelines.DDPMPipeline` clips.
     """
 
     def __init__(
@@ -154,24 +114,13 @@ class DDPMScheduler:
         clip_sample: bool = False,
         clip_sample_range: float = 1.0,
     ):
-        if not isinstance(clip_sample, bool):
-            raise TypeError(f"clip_sample must be True or False; got {clip_sample!r}")
-        if (
-            isinstance(clip_sample_range, bool)
-            or not isinstance(clip_sample_range, numbers.Real)
-            or not (0 < clip_sample_range < 1e4)
-        ):
-            raise ValueError(
-                f"clip_sample_range must be a number in (0, 1e4); got {clip_sample_range!r}"
-            )
-        self.clip_sample = clip_sample  # clamp x̂_0 to ±clip_sample_range (diffusers' default)
-        self.clip_sample_range = float(clip_sample_range)
-        self.num_train_timesteps = _check_int(
-            num_train_timesteps, "num_train_timesteps", 1, 100_000
-        )
-        if not isinstance(beta_schedule, str):
-            raise TypeError(f"beta_schedule must be one of {SCHEDULES}; got {beta_schedule!r}")
+        self.num_train_timesteps = check_int(num_train_timesteps, "num_train_timesteps", 1, 100_000)
+        check_str(beta_schedule, "beta_schedule", SCHEDULES + tuple(_ALIASES))
         self.beta_schedule = _ALIASES.get(beta_schedule, beta_schedule)
+        beta_end = check_float(beta_end, "beta_end", 0, 1, False, False)
+        check_float(beta_start, "beta_start", 0, beta_end, min_inclusive=False)  # ≤ beta_end
+        self.clip_sample = check_bool(clip_sample, "clip_sample")  # clamp x̂_0 to ±range
+        self.clip_sample_range = check_float(clip_sample_range, "clip_sample_range", 0, 1e4, False)
         self.betas = make_betas(num_train_timesteps, beta_schedule, beta_start, beta_end)  # β_t
         self.alphas = 1.0 - self.betas  # α_t = 1 - β_t
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # ᾱ_t = ∏_{s≤t} α_s
@@ -190,72 +139,25 @@ class DDPMScheduler:
             f"{self.num_inference_steps})"
         )
 
-    # ---- checks -------------------------------------------------------------------------------
-
-    def _check_timesteps(self, timesteps, batch: int, name: str = "timesteps") -> torch.Tensor:
-        """int, 0-d or (B,) integer tensor in [0, T-1] -> LongTensor (B,)."""
-        T = self.num_train_timesteps
-        if isinstance(timesteps, numbers.Integral) and not isinstance(timesteps, bool):
-            if not 0 <= timesteps <= T - 1:
-                raise ValueError(f"{name} must lie in [0, {T - 1}]; got {timesteps}")
-            timesteps = torch.full((batch,), int(timesteps), dtype=torch.long)
-        if not isinstance(timesteps, torch.Tensor):
-            raise TypeError(
-                f"{name} must be an int or an integer tensor (B,) in [0, {T - 1}]; got "
-                f"{type(timesteps).__name__}"
-            )
-        check_device(timesteps, name, None)
-        if timesteps.is_floating_point() or timesteps.dtype == torch.bool or timesteps.is_complex():
-            raise TypeError(f"{name} must be integers in [0, {T - 1}]; got {timesteps.dtype}")
-        timesteps = timesteps.reshape(-1).long()
-        if timesteps.numel() == 1:
-            timesteps = timesteps.expand(batch)
-        if timesteps.numel() != batch:
-            raise ValueError(
-                f"{name} must hold one step per sample (B={batch}) or a single step; got "
-                f"{timesteps.numel()}"
-            )
-        lo, hi = timesteps.min().item(), timesteps.max().item()
-        if lo < 0 or hi >= T:
-            raise ValueError(
-                f"{name} must lie in [0, {T - 1}] (num_train_timesteps={T}); got values in "
-                f"[{lo}, {hi}]"
-            )
-        return timesteps
-
-    def _check_step_inputs(self, model_output, timestep, sample) -> int:
-        _check_float_tensor(model_output, "model_output")
-        _check_float_tensor(sample, "sample")
-        _check_same_shape(model_output, sample, "model_output", "sample")
-        return _check_int(timestep, "timestep", 0, self.num_train_timesteps - 1)
-
     # ---- the forward process -----------------------------------------------------------------
 
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps
     ) -> torch.Tensor:
-        """x_t = √ᾱ_t · x_0 + √(1-ᾱ_t) · ε, one t per sample: (B, ...) -> (B, ...)."""
-        _check_float_tensor(original_samples, "original_samples")
-        _check_float_tensor(noise, "noise")
-        _check_same_shape(original_samples, noise, "original_samples", "noise")
-        t = self._check_timesteps(timesteps, original_samples.shape[0])
-        alpha_bar = self.alphas_cumprod.to(original_samples.device, original_samples.dtype)
-        alpha_bar = _broadcast(alpha_bar[t.to(original_samples.device)], original_samples)
-        return alpha_bar**0.5 * original_samples + (1 - alpha_bar) ** 0.5 * noise  # x_t
+        """x_t = √ᾱ_t · x_0 + √(1-ᾱ_t) · ε, one t per sample (or one for all): (B, ...)."""
+        x0 = original_samples
+        t = _timesteps(timesteps, x0)  # (B,) or (1,)
+        alpha_bar = _broadcast(self.alphas_cumprod.to(x0.device, x0.dtype)[t], x0)  # ᾱ_t
+        return alpha_bar**0.5 * x0 + (1 - alpha_bar) ** 0.5 * noise  # x_t
 
     def q_step(self, x_prev: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
         """One step of the chain: x_t = √(1-β_t) · x_{t-1} + √β_t · ε (x_{-1} is x_0)."""
-        _check_float_tensor(x_prev, "x_prev")
-        _check_float_tensor(noise, "noise")
-        _check_same_shape(x_prev, noise, "x_prev", "noise")
-        t = self._check_timesteps(t, x_prev.shape[0], "t")
-        beta = _broadcast(self.betas.to(x_prev.device, x_prev.dtype)[t.to(x_prev.device)], x_prev)
+        beta = self.betas.to(x_prev.device, x_prev.dtype)[_timesteps(t, x_prev)]
+        beta = _broadcast(beta, x_prev)  # β_t
         return (1 - beta) ** 0.5 * x_prev + beta**0.5 * noise  # q(x_t | x_{t-1})
 
     def q_chain(self, original_samples: torch.Tensor, t: int, generator=None) -> torch.Tensor:
         """Iterate q_step from x_0 through steps 0..t: a sample of x_t the slow way."""
-        _check_float_tensor(original_samples, "original_samples")
-        t = _check_int(t, "t", 0, self.num_train_timesteps - 1)
         x = original_samples
         for s in range(t + 1):
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
@@ -268,7 +170,7 @@ class DDPMScheduler:
         """Sample with n of the T steps: t = (n-1)·k, ..., k, 0 with k = T // n ("leading"
         spacing, as diffusers' default)."""
         T = self.num_train_timesteps
-        n = _check_int(num_inference_steps, "num_inference_steps", 1, T)
+        n = check_int(num_inference_steps, "num_inference_steps", 1, T)
         self.num_inference_steps = n
         step_ratio = T // n
         self.timesteps = torch.from_numpy((np.arange(0, n) * step_ratio)[::-1].copy()).to(
@@ -298,11 +200,11 @@ class DDPMScheduler:
             μ̃_t = √ᾱ_{t-1} β_t / (1-ᾱ_t) · x̂_0 + √α_t (1-ᾱ_{t-1}) / (1-ᾱ_t) · x_t
             x_{t-1} = μ̃_t + σ_t z,  σ_t² = β̃_t = (1-ᾱ_{t-1}) / (1-ᾱ_t) · β_t,  z ~ N(0, I)
 
-        No noise is added at t = 0. z is drawn on the CPU as
-        ``torch.randn(sample.shape, generator=generator, dtype=sample.dtype)``.
+        `timestep`: an int (or a CPU tensor holding one). No noise is added at t = 0. z is
+        drawn on the CPU as ``torch.randn(sample.shape, generator=generator, dtype=...)``.
         Returns SchedulerOutput(prev_sample, pred_original_sample), or a tuple.
         """
-        t = self._check_step_inputs(model_output, timestep, sample)
+        t = int(timestep)
         prev_t = self.previous_timestep(t)
         alpha_bar_t = self.alphas_cumprod[t]  # ᾱ_t
         alpha_bar_prev = self._alpha_bar_prev(prev_t)  # ᾱ_{t-1}
@@ -351,7 +253,8 @@ class DDIMScheduler(DDPMScheduler):
         σ_t = η · √((1-ᾱ_prev)/(1-ᾱ_t)) · √(1 - ᾱ_t/ᾱ_prev)
 
     Matches ``diffusers.DDIMScheduler`` with the same ``clip_sample`` (leading spacing, ᾱ after
-    the last step = 1: the final step returns x̂_0).
+    the last step = 1: the final step returns x̂_0). Call set_timesteps(n) first; without it
+    the steps are of stride 1 (DDIM over all T steps).
     """
 
     def __init__(self, *args, **kwargs):
@@ -370,14 +273,8 @@ class DDIMScheduler(DDPMScheduler):
         generator: torch.Generator | None = None,
         return_dict: bool = True,
     ):
-        """One DDIM step from `timestep` to the next of `timesteps`; call set_timesteps first."""
-        if self.num_inference_steps is None:
-            raise ValueError(
-                "num_inference_steps is not set: call scheduler.set_timesteps(n) before step"
-            )
-        t = self._check_step_inputs(model_output, timestep, sample)
-        if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta <= 1:
-            raise ValueError(f"eta must be a number in [0, 1]; got {eta!r}")
+        """One DDIM step from `timestep` to the next of `timesteps` (eta in [0, 1])."""
+        t = int(timestep)
         prev_t = self.previous_timestep(t)
         alpha_bar_t = self.alphas_cumprod[t]  # ᾱ_t
         alpha_bar_prev = self._alpha_bar_prev(prev_t)  # ᾱ_prev
@@ -397,14 +294,45 @@ class DDIMScheduler(DDPMScheduler):
 
 
 # ----------------------------------------------------------------------------------------------
-# The sampling loop, for any ε-predictor
+# The objective and the sampling loop, for any ε-predictor
 # ----------------------------------------------------------------------------------------------
+
+
+def diffusion_loss(
+    model: Callable,
+    scheduler: DDPMScheduler,
+    x0: torch.Tensor,
+    generator: torch.Generator | None = None,
+    snr_gamma: float | None = None,
+    **condition,
+) -> torch.Tensor:
+    """The simple DDPM objective: L = E_{x_0, t, ε} ‖ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)‖².
+
+    ``model(x_t, t, **condition)`` predicts ε (a U-Net's condition: encoder_hidden_states and
+    encoder_attention_mask). t and ε are drawn on the CPU from `generator`, in that order.
+    snr_gamma=γ weights each example by min(SNR_t, γ) / SNR_t, SNR_t = ᾱ_t / (1-ᾱ_t): the
+    Min-SNR weighting (Hang et al., 2023; diffusers' --snr_gamma), which stops the many
+    nearly clean timesteps, where the noise is easy to find, from dominating the gradient.
+    """
+    if snr_gamma is not None:
+        check_float(snr_gamma, "snr_gamma", 0, None, min_inclusive=False)
+    B = x0.shape[0]
+    t = torch.randint(0, scheduler.num_train_timesteps, (B,), generator=generator)  # t ~ U
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # ε ~ N(0, I)
+    x_t = scheduler.add_noise(x0, noise, t)  # the closed form q(x_t | x_0)
+    eps = model(x_t, t.to(x0.device), **condition)
+    if snr_gamma is None:
+        return F.mse_loss(eps.float(), noise)  # ‖ε - ε_θ‖²
+    snr = scheduler.alphas_cumprod[t] / (1 - scheduler.alphas_cumprod[t])  # (B,)
+    weight = (snr.clamp(max=snr_gamma) / snr).to(x0.device)  # min(SNR, γ) / SNR ≤ 1
+    per_example = (eps.float() - noise).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    return (weight * per_example).mean()
 
 
 @torch.no_grad()
 def sample_loop(
     eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    scheduler: DDPMScheduler,
+    scheduler,
     shape: tuple[int, ...],
     num_inference_steps: int | None = None,
     generator: torch.Generator | None = None,
@@ -415,40 +343,33 @@ def sample_loop(
     """Start from x_T ~ N(0, I) of `shape` and run the scheduler's reverse steps.
 
     eps_fn(x (B, ...), t (B,) long) -> ε̂ of x's shape (the model, with any guidance inside).
-    num_inference_steps: None = every training step (DDPM) or the scheduler's current setting.
-    return_intermediates=k > 0 also returns k+1 snapshots of x̂_0 evenly along the loop
-    (a list of tensors) for a denoising strip. The initial noise is drawn on the CPU with
-    `generator`, so a seed gives the same images on every device.
+    scheduler: anything with diffusers' ``set_timesteps`` / ``timesteps`` / ``step`` (ours or
+    diffusers' own). num_inference_steps: None = the scheduler's current timesteps (all T of
+    them for a fresh DDPMScheduler). return_intermediates=k > 0 also returns k+1 snapshots of
+    x̂_0 evenly along the loop (a list of CPU tensors) for a denoising strip. The initial noise
+    is drawn on the CPU with `generator`, so a seed gives the same images on every device.
     """
-    from tqdm.auto import tqdm
-
     if not callable(eps_fn):
         raise TypeError("eps_fn must be callable as eps_fn(x, t) -> predicted noise")
-    if not isinstance(scheduler, DDPMScheduler):
-        raise TypeError(
-            f"scheduler must be a DDPMScheduler or DDIMScheduler; got {type(scheduler).__name__}"
-        )
-    if not isinstance(shape, (tuple, list)) or len(shape) < 2 or min(shape) < 1:
-        raise ValueError(f"shape must be a tuple (B, C, H, W) of positive ints; got {shape!r}")
+    if not all(hasattr(scheduler, a) for a in ("set_timesteps", "timesteps", "step")):
+        raise TypeError(f"scheduler must have set_timesteps, timesteps and step; got "
+                        f"{type(scheduler).__name__}")  # fmt: skip
+    if not isinstance(shape, (tuple, list)) or len(shape) < 2:
+        raise TypeError(f"shape must be a tuple (B, C, H, W) of positive ints; got {shape!r}")
+    shape = tuple(check_int(s, "shape", 1) for s in shape)
     if num_inference_steps is not None:
         scheduler.set_timesteps(num_inference_steps)
-    elif isinstance(scheduler, DDIMScheduler) and scheduler.num_inference_steps is None:
-        raise ValueError("a DDIMScheduler needs num_inference_steps (e.g. 50)")
     device = torch.device(device) if device is not None else torch.device("cpu")
-    x = torch.randn(tuple(shape), generator=generator).to(device)  # x_T ~ N(0, I)
-    timesteps = scheduler.timesteps
-    keep = (
-        set(np.linspace(0, len(timesteps) - 1, return_intermediates + 1).round().astype(int))
-        if return_intermediates
-        else set()
-    )
+    x = torch.randn(shape, generator=generator).to(device)  # x_T ~ N(0, I)
+    timesteps = [int(t) for t in scheduler.timesteps.tolist()]  # read once, before the loop
+    keep = set(np.linspace(0, len(timesteps) - 1, return_intermediates + 1).round().astype(int))
     snapshots = []
     for i, t in enumerate(tqdm(timesteps, disable=not progress, leave=False, desc="sampling")):
-        t_batch = torch.full((x.shape[0],), int(t), device=device, dtype=torch.long)
+        t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
         eps = eps_fn(x, t_batch).float()
-        out = scheduler.step(eps, int(t), x, generator=generator)
+        out = scheduler.step(eps, t, x, generator=generator)
         x = out.prev_sample
-        if i in keep:
+        if return_intermediates and i in keep:
             snapshots.append(out.pred_original_sample.cpu())
     return (x, snapshots) if return_intermediates else x
 
@@ -465,8 +386,6 @@ def vp_sde_coefficients(x: torch.Tensor, t: float, beta_min: float = 0.1, beta_m
 
     (the continuous limit of DDPM's chain). Returns (drift f (like x), diffusion g (float)).
     """
-    if not 0 <= t <= 1:
-        raise ValueError(f"t must be in [0, 1]; got {t}")
     beta = beta_min + t * (beta_max - beta_min)
     return -0.5 * beta * x, math.sqrt(beta)
 
@@ -502,8 +421,10 @@ def reverse_sde_sample(
 ):
     """Euler–Maruyama on the reverse-time SDE dx = [f(x,t) - g(t)² ∇log p_t(x)] dt + g(t) dw̄,
     from t = 1 (x ~ N(0, 1)) down to t = 0, for n 1-D particles. score_fn(x, t) -> score."""
-    n = _check_int(n, "n", 1, 10_000_000)
-    num_steps = _check_int(num_steps, "num_steps", 1, 100_000)
+    if not callable(score_fn):
+        raise TypeError("score_fn must be callable as score_fn(x, t) -> the score ∇ log p_t(x)")
+    n = check_int(n, "n", 1, 10_000_000)
+    num_steps = check_int(num_steps, "num_steps", 1, 100_000)
     x = torch.randn(n, generator=generator)
     dt = 1.0 / num_steps
     path = [x.clone()]

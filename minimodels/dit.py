@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from minimodels.checks import check_device, check_finite
+from minimodels.checks import check_device, check_float, check_ids, check_instance, check_tensor
 from minimodels.layers import (
     MultiHeadAttention,
     PatchEmbedding,
@@ -67,31 +67,6 @@ class DiTConfig:
     num_classes: int = 0  # class-label conditioning (0: none); label num_classes = "no class"
     cond_dim: int = 0  # width of a condition vector (0: none), e.g. 64 for a CLIP embedding
     frequency_embedding_size: int = 64  # width of the sinusoidal features of t (256 in DiT)
-
-    def __post_init__(self):
-        for name in (
-            "sample_size", "in_channels", "patch_size", "hidden_size", "num_layers",
-            "num_attention_heads", "frequency_embedding_size",
-        ):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
-        for name in ("out_channels", "num_classes", "cond_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int (0 = off); got {value!r}")
-        if self.sample_size % self.patch_size:
-            raise ValueError(
-                f"sample_size must be divisible by patch_size; got sample_size="
-                f"{self.sample_size}, patch_size={self.patch_size}"
-            )
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size must be divisible by num_attention_heads; got "
-                f"{self.hidden_size} and {self.num_attention_heads}"
-            )
-        if not isinstance(self.mlp_ratio, (int, float)) or self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be a positive number; got {self.mlp_ratio!r}")
 
     @property
     def num_patches(self) -> int:
@@ -156,10 +131,13 @@ class DiTTransformer2DModel(nn.Module):
 
     def __init__(self, config: DiTConfig | None = None):
         super().__init__()
-        self.config = c = config if config is not None else DiTConfig()
-        if not isinstance(c, DiTConfig):
-            raise TypeError(f"config must be a DiTConfig; got {type(c).__name__}")
+        self.config = c = check_instance(config or DiTConfig(), DiTConfig, "config")
         D, p = c.hidden_size, c.patch_size
+        if c.sample_size % p or D % c.num_attention_heads:
+            raise ValueError(
+                f"sample_size must be divisible by patch_size and hidden_size by "
+                f"num_attention_heads; got {c.sample_size}, {p}, {D}, {c.num_attention_heads}"
+            )
         # patchify + E + E_pos (learned positions; the paper uses fixed 2-D sine-cosine ones)
         self.pos_embed = PatchEmbedding(c.sample_size, p, c.in_channels, D, cls_token=False)
         self.time_embed = TimestepEmbedding(c.frequency_embedding_size, D)  # e(t) = MLP(sin…)
@@ -185,85 +163,68 @@ class DiTTransformer2DModel(nn.Module):
     def device(self) -> torch.device:
         return self.proj_out.weight.device
 
-    # ---- input checks ------------------------------------------------------------------------
+    # ---- input checks (shapes, dtypes and devices: no values are read on a GPU) -------------
 
     def _check_sample(self, sample) -> None:
         c = self.config
-        expected = f"(B, {c.in_channels}, {c.sample_size}, {c.sample_size})"
-        if not isinstance(sample, torch.Tensor):
-            raise TypeError(
-                f"sample must be a float tensor {expected}; got {type(sample).__name__}"
-            )
-        if not sample.is_floating_point():
-            raise TypeError(f"sample must be a float tensor {expected}; got dtype {sample.dtype}")
-        if sample.ndim != 4 or tuple(sample.shape[1:]) != (c.in_channels,) + (c.sample_size,) * 2:
-            raise ValueError(f"sample must have shape {expected}; got {tuple(sample.shape)}")
-        if sample.shape[0] == 0:
-            raise ValueError("sample is an empty batch (B = 0)")
-        check_device(sample, "sample", self.device)
-        check_finite(sample, "sample")
-        if sample.abs().max() > 1e4:
-            raise ValueError(
-                "sample holds values beyond ±1e4; a diffusion sample is noise of scale ~1 "
-                f"(max |sample| = {sample.abs().max().item():.3g})"
-            )
+        layout = f"(B, {c.in_channels}, {c.sample_size}, {c.sample_size})"
+        check_tensor(sample, "sample", 4, layout, floating=True, device=self.device)
+        if tuple(sample.shape[1:]) != (c.in_channels,) + (c.sample_size,) * 2:
+            raise ValueError(f"sample must have shape {layout}; got {tuple(sample.shape)}")
 
     def _timesteps(self, timestep, B: int) -> torch.Tensor:
-        if isinstance(timestep, numbers.Number) and not isinstance(timestep, bool):
-            if not (isinstance(timestep, numbers.Real) and 0 <= timestep < 1e6):
-                raise ValueError(f"timestep must be a number in [0, 1e6); got {timestep!r}")
+        """A number, or a tensor () / (1,) / (B,) -> (B,) on the model's device."""
+        if isinstance(timestep, numbers.Real) and not isinstance(timestep, bool):
+            check_float(timestep, "timestep", 0, 1e6)
             timestep = torch.tensor([timestep])
-        if not isinstance(timestep, torch.Tensor):
-            raise TypeError(
-                f"timestep must be a number or a tensor of shape (B,) = ({B},); "
-                f"got {type(timestep).__name__}"
-            )
-        if timestep.dtype == torch.bool or timestep.is_complex():
-            raise TypeError(f"timestep must be int or float; got dtype {timestep.dtype}")
-        check_device(timestep, "timestep", None)
-        t = timestep.reshape(-1) if timestep.ndim == 0 else timestep
-        if t.ndim != 1 or t.shape[0] not in (1, B):
+        t = check_tensor(timestep, "timestep", (0, 1), f"(B,) = ({B},)").reshape(-1)
+        if t.shape[0] not in (1, B):
             raise ValueError(
                 f"timestep must be a scalar or have shape (B,) = ({B},); got {tuple(t.shape)}"
             )
-        if not torch.isfinite(t.float()).all() or (t < 0).any():
-            raise ValueError(f"timestep must be finite and >= 0; got {t.tolist()[:8]}")
         return t.to(self.device).expand(B)
 
+    def _check_conditions(self, B, class_labels, condition, drop_condition) -> None:
+        c = self.config
+        if drop_condition is not None:
+            if not isinstance(drop_condition, torch.Tensor) or drop_condition.dtype != torch.bool:
+                raise TypeError("drop_condition must be a bool tensor (B,), True = drop")
+            check_device(drop_condition, "drop_condition", None)
+            if tuple(drop_condition.shape) != (B,):
+                raise ValueError(
+                    f"drop_condition must have shape (B,) = ({B},); got "
+                    f"{tuple(drop_condition.shape)}"
+                )
+        if class_labels is not None:
+            if not c.num_classes:
+                raise ValueError("class_labels given, but this model has num_classes=0")
+            check_tensor(class_labels, "class_labels", 1, f"(B,) = ({B},)", floating=False)
+            if tuple(class_labels.shape) != (B,):
+                raise ValueError(
+                    f"class_labels must have shape (B,) = ({B},); got {tuple(class_labels.shape)}"
+                )
+            check_ids(class_labels[None], "class_labels", c.num_classes + 1)  # num_classes: ∅
+        if condition is not None:
+            if not c.cond_dim:
+                raise ValueError("condition given, but this model has cond_dim=0 (no condition)")
+            layout = f"(B, cond_dim) = ({B}, {c.cond_dim})"
+            check_tensor(condition, "condition", 2, layout, floating=True)
+            if tuple(condition.shape) != (B, c.cond_dim):
+                raise ValueError(
+                    f"condition must have shape {layout}; got {tuple(condition.shape)}"
+                )
+
     def _condition_embedding(self, B, class_labels, condition, drop_condition):
+        """e(class) + e(condition), with the null embeddings e(∅) where absent or dropped."""
         c = self.config
         D = c.hidden_size
         emb = torch.zeros(B, D, device=self.device)
         if drop_condition is not None:
-            if not isinstance(drop_condition, torch.Tensor) or drop_condition.dtype != torch.bool:
-                raise TypeError("drop_condition must be a bool tensor (B,), True = drop")
-            if tuple(drop_condition.shape) != (B,):
-                raise ValueError(
-                    f"drop_condition must have shape (B,) = ({B},); "
-                    f"got {tuple(drop_condition.shape)}"
-                )
             drop_condition = drop_condition.to(self.device)
-        if class_labels is not None and not c.num_classes:
-            raise ValueError("class_labels given, but this model has num_classes=0")
-        if condition is not None and not c.cond_dim:
-            raise ValueError("condition given, but this model has cond_dim=0 (no condition)")
         if c.num_classes:
             if class_labels is None:
                 labels = torch.full((B,), c.num_classes, device=self.device)  # null class
             else:
-                if not isinstance(class_labels, torch.Tensor) or class_labels.is_floating_point():
-                    raise TypeError("class_labels must be an integer tensor (B,)")
-                if tuple(class_labels.shape) != (B,):
-                    raise ValueError(
-                        f"class_labels must have shape (B,) = ({B},); "
-                        f"got {tuple(class_labels.shape)}"
-                    )
-                if (class_labels < 0).any() or (class_labels > c.num_classes).any():
-                    raise ValueError(
-                        f"class_labels must lie in 0 … {c.num_classes} ({c.num_classes} = no "
-                        f"class); got values {class_labels.min().item()} … "
-                        f"{class_labels.max().item()}"
-                    )
                 labels = class_labels.to(self.device).long()
                 if drop_condition is not None:
                     labels = labels.masked_fill(drop_condition, c.num_classes)
@@ -273,13 +234,6 @@ class DiTTransformer2DModel(nn.Module):
             if condition is None:
                 emb = emb + null
             else:
-                expected = f"(B, cond_dim) = ({B}, {c.cond_dim})"
-                if not isinstance(condition, torch.Tensor) or not condition.is_floating_point():
-                    raise TypeError(f"condition must be a float tensor {expected}")
-                if tuple(condition.shape) != (B, c.cond_dim):
-                    raise ValueError(
-                        f"condition must have shape {expected}; got {tuple(condition.shape)}"
-                    )
                 e = self.cond_embed(condition.to(self.device, self.proj_out.weight.dtype))
                 if drop_condition is not None:
                     e = torch.where(drop_condition[:, None], null, e)  # e(∅) where dropped
@@ -299,8 +253,9 @@ class DiTTransformer2DModel(nn.Module):
         self._check_sample(sample)
         cfg = self.config
         B = sample.shape[0]
-        x = self.pos_embed(sample.to(self.device))  # patchify, E, + E_pos: (B, N, D)
         t = self._timesteps(timestep, B)  # (B,)
+        self._check_conditions(B, class_labels, condition, drop_condition)
+        x = self.pos_embed(sample.to(self.device))  # patchify, E, + E_pos: (B, N, D)
         # sinusoidal features as diffusers' DiT computes them ([cos, sin], frequency shift 1)
         freq = timestep_embedding(t, cfg.frequency_embedding_size, downscale_freq_shift=1)
         c = self.time_embed.mlp(freq.to(self.proj_out.weight.dtype))  # e(t): (B, D)

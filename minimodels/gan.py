@@ -11,8 +11,8 @@ G makes an image: fast. What GANs are known to trade away is diversity (mode col
 stable training; notebook 05 measures all three corners beside the diffusion model.
 
     gan = ConditionalGAN(GANConfig())
-    history = train_gan(gan, steps=1500)
-    images = gan.generate(["a red circle", "a blue cross"], seed=0)   # (2, 3, 20, 20) in [0, 1]
+    history = train_gan(gan, steps=1500)            # minimodels.recipes.gan (not shipped)
+    images = gan.generate(["a red circle", "a blue square"], seed=0)  # (2, 3, 20, 20) in [0, 1]
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from minimodels import shapeworld as sw
-from minimodels.data.shapeworld import sample_single_objects
+from minimodels.checks import check_instance, check_int, check_strings
+from minimodels.data.world import TRAIN_PAIRS
 
-PAIRS: tuple[tuple[str, str], ...] = sw.TRAIN_PAIRS  # the classes y: colour-shape pairs
+PAIRS: tuple[tuple[str, str], ...] = TRAIN_PAIRS  # the classes y: colour-shape pairs
 
 
 @dataclass
@@ -36,14 +35,6 @@ class GANConfig:
     latent_dim: int = 32  # z ~ N(0, I)
     embed_dim: int = 16  # width of the class embedding in G
     channels: int = 32  # G's and D's base width
-
-    def __post_init__(self):
-        for name in ("image_size", "latent_dim", "embed_dim", "channels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
-        if self.image_size % 4:
-            raise ValueError(f"image_size must be divisible by 4; got {self.image_size}")
 
 
 class Generator(nn.Module):
@@ -93,20 +84,18 @@ class ConditionalGAN(nn.Module):
 
     def __init__(self, config: GANConfig | None = None):
         super().__init__()
-        self.config = c = config if config is not None else GANConfig()
-        if not isinstance(c, GANConfig):
-            raise TypeError(f"config must be a GANConfig; got {type(c).__name__}")
+        self.config = c = check_instance(config or GANConfig(), GANConfig, "config")
+        if c.image_size % 4:
+            raise ValueError(f"image_size must be divisible by 4; got {c.image_size}")
         self.generator = Generator(c)
         self.discriminator = Discriminator(c)
 
     @staticmethod
     def labels(prompts: Sequence[str]) -> torch.Tensor:
         """'a red circle' -> the index of ("red", "circle") in PAIRS: (B,) long."""
-        if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
-            raise TypeError(f"prompts must be a non-empty list of strings; got {prompts!r:.60}")
         out = []
-        for p in prompts:
-            words = p.split() if isinstance(p, str) else []
+        for p in check_strings(prompts, "prompts"):
+            words = p.split()
             pair = next((q for q in PAIRS if len(words) >= 2 and (words[-2], words[-1]) == q), None)
             if pair is None:
                 raise ValueError(
@@ -120,60 +109,9 @@ class ConditionalGAN(nn.Module):
     def generate(self, prompts: Sequence[str], seed: int = 0) -> torch.Tensor:
         """One image per prompt, float (B, 3, S, S) in [0, 1]: a single pass of G."""
         y = self.labels(prompts)
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(check_int(seed, "seed", 0))
         z = torch.randn(len(y), self.config.latent_dim, generator=g)
         self.generator.eval()
         dev = self.generator.fc.weight.device
         x = self.generator(z.to(dev), y.to(dev))
         return ((x.clamp(-1, 1) + 1) / 2).cpu()
-
-
-def train_gan(
-    gan: ConditionalGAN,
-    steps: int = 1500,
-    batch_size: int = 64,
-    lr: float = 2e-4,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, list[float]]:
-    """Alternate one D step and one G step per batch (Adam, β₁ = 0.5, as in DCGAN).
-
-    Returns the loss histories {"d": [...], "g": [...]}.
-    """
-    from tqdm.auto import tqdm
-
-    from minimodels.unet import to_model_range
-
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int; got {steps!r}")
-    torch.manual_seed(seed)
-    G, D, c = gan.generator, gan.discriminator, gan.config
-    opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.5, 0.999))
-    dev = G.fc.weight.device
-    history: dict[str, list[float]] = {"d": [], "g": []}
-    G.train()
-    D.train()
-    for step in tqdm(range(steps), disable=not progress, leave=False, desc="gan"):
-        scenes = sample_single_objects("train", batch_size, 1_000_000 * (seed + 1) + step,
-                                       c.image_size)  # fmt: skip
-        x = to_model_range(sw.render(scenes, c.image_size)).to(dev)
-        y = torch.tensor([PAIRS.index((s["objects"][0]["color"], s["objects"][0]["shape"]))
-                          for s in scenes], device=dev)  # fmt: skip
-        z = torch.randn(batch_size, c.latent_dim, device=dev)
-        fake = G(z, y)
-        # D: maximise log D(x, y) + log(1 - D(G(z, y), y))
-        loss_d = F.softplus(-D(x, y)).mean() + F.softplus(D(fake.detach(), y)).mean()
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        # G: the non-saturating loss -log D(G(z, y), y)
-        loss_g = F.softplus(-D(fake, y)).mean()
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-        history["d"].append(loss_d.item())
-        history["g"].append(loss_g.item())
-    G.eval()
-    D.eval()
-    return history

@@ -323,6 +323,11 @@ class DDPMPipeline:
 class DALLEPipeline:
     """DALL-E: the tokenizer, the prior (stage 2) writing image codes, the dVAE decoder (stage 1).
 
+        pipe = DALLEPipeline(prior, dvae)              # or minimodels.pretrained("dalle")
+        images = pipe(["a red circle"], num_images_per_prompt=8, top_k=32,
+                      generator=torch.Generator().manual_seed(0))     # (8, 3, 32, 32) in [0, 1]
+        best_first = pipe.rerank(images, "a red circle", clip)        # indices (8,)
+
     Codes are sampled one at a time in raster order, each from softmax(logits / temperature)
     over the K codes (only the top_k most likely when top_k is set). With guidance_scale w ≠ 1
     each step runs the prompt and ∅ (the empty prompt, or the negative prompt) side by side and
@@ -390,7 +395,10 @@ class DALLEPipeline:
             if top_k is not None and top_k < K:
                 kth = logits.topk(top_k, dim=-1).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator)  # (B, 1)
+            # drawn on the generator's device: a CPU generator costs a small copy per step, a
+            # generator on the prior's device keeps the whole loop there
+            probs = logits.softmax(-1).to(generator.device)  # (B, K)
+            nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
             codes.append(nxt)
             step_in = nxt.to(prior.device) + c.text_vocab_size
             if guided:

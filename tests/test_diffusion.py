@@ -1,4 +1,5 @@
-"""Schedulers against diffusers, the forward process, the U-Net and the metrics."""
+"""Schedulers against diffusers, the forward process, the objective, the sampling loop and the
+SDE illustration (and, until they get a file of their own, the judge-based metrics)."""
 
 import math
 
@@ -8,9 +9,11 @@ import torch
 from minimodels.diffusion import (
     DDIMScheduler,
     DDPMScheduler,
+    diffusion_loss,
     gaussian_mixture_score,
     reverse_sde_sample,
     sample_loop,
+    vp_alpha_bar,
 )
 
 diffusers = pytest.importorskip("diffusers")
@@ -78,10 +81,6 @@ def test_clipped_steps_match_diffusers_defaults(ours_name, ref_name):
         a, b = ours.step(eps[i], t, sample[i]), ref.step(eps[i], t, sample[i])
         torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=0, atol=1e-5)
     assert not DDPMScheduler().clip_sample  # ours: the textbook step unless asked
-    with pytest.raises(TypeError, match="clip_sample"):
-        DDPMScheduler(clip_sample="yes")
-    with pytest.raises(ValueError, match="clip_sample_range"):
-        DDPMScheduler(clip_sample=True, clip_sample_range=-1.0)
 
 
 def test_ddpm_step_adds_noise_except_at_zero():
@@ -153,34 +152,96 @@ def test_q_chain_is_q_step_iterated():
     torch.testing.assert_close(a, b)
 
 
-def test_scheduler_bad_inputs():
+def test_add_noise_takes_one_timestep_for_the_batch_or_one_per_sample():
+    s = DDPMScheduler(1000)
+    x0, noise = torch.randn(3, 3, 4, 4), torch.randn(3, 3, 4, 4)
+    expected = s.add_noise(x0, noise, torch.tensor([7, 7, 7]))
+    torch.testing.assert_close(s.add_noise(x0, noise, 7), expected, rtol=0, atol=0)
+    torch.testing.assert_close(s.add_noise(x0, noise, torch.tensor(7)), expected, rtol=0, atol=0)
+
+
+def test_scheduler_bad_settings_raise_clear_errors():
+    # the constructor and set_timesteps are what a student calls; step and add_noise trust
     with pytest.raises(ValueError, match="beta_schedule"):
         DDPMScheduler(beta_schedule="quadratic")
     with pytest.raises(ValueError, match="num_train_timesteps"):
         DDPMScheduler(num_train_timesteps=0)
+    with pytest.raises(TypeError, match="num_train_timesteps"):
+        DDPMScheduler(num_train_timesteps=10.5)
+    with pytest.raises(ValueError, match="beta_start"):
+        DDPMScheduler(beta_start=0.05, beta_end=0.02)
+    with pytest.raises(TypeError, match="clip_sample"):
+        DDPMScheduler(clip_sample="yes")
+    with pytest.raises(ValueError, match="clip_sample_range"):
+        DDPMScheduler(clip_sample=True, clip_sample_range=-1.0)
     s = DDPMScheduler(1000)
-    x = torch.zeros(2, 3, 4, 4)
-    with pytest.raises(ValueError, match=r"timesteps must lie in \[0, 999\]"):
-        s.add_noise(x, x, torch.tensor([0, 1000]))
-    with pytest.raises(ValueError, match="timesteps must lie"):
-        s.add_noise(x, x, -1)
-    with pytest.raises(TypeError, match="timesteps must be integers"):
-        s.add_noise(x, x, torch.tensor([0.5, 1.0]))
-    with pytest.raises(ValueError, match="same shape"):
-        s.add_noise(x, torch.zeros(2, 3, 4, 5), 3)
-    with pytest.raises(ValueError, match="one step per sample"):
-        s.add_noise(x, x, torch.tensor([1, 2, 3]))
-    with pytest.raises(ValueError, match="same shape"):
-        s.step(torch.zeros(2, 3, 4, 4), 3, torch.zeros(1, 3, 4, 4))
-    with pytest.raises(ValueError, match="timestep must be in"):
-        s.step(x, 1000, x)
-    with pytest.raises(TypeError, match="model_output must be a float"):
-        s.step(x.long(), 3, x)
     for n in (0, 1001):
         with pytest.raises(ValueError, match="num_inference_steps"):
             s.set_timesteps(n)
-    with pytest.raises(ValueError, match="set_timesteps"):
-        DDIMScheduler().step(x, 3, x)
+    with pytest.raises(TypeError, match="scheduler must have"):
+        sample_loop(lambda x, t: x, object(), (1, 3, 4, 4), 2)
+    with pytest.raises(TypeError, match="eps_fn"):
+        sample_loop("model", s, (1, 3, 4, 4), 2)
+
+
+def test_ddim_without_set_timesteps_steps_one_training_step_at_a_time():
+    ours, stride_one = DDIMScheduler(100), DDIMScheduler(100)
+    stride_one.set_timesteps(100)
+    x, e = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(
+        ours.step(e, 50, x).prev_sample, stride_one.step(e, 50, x).prev_sample
+    )
+
+
+def test_diffusion_loss_min_snr_weighting():
+    torch.manual_seed(0)
+    w = torch.randn(3, 3, 1, 1) * 0.3
+
+    def model(x, t, scale=1.0):  # a stand-in ε-predictor that depends on x, t and a condition
+        return (
+            scale * torch.nn.functional.conv2d(x, w) * (1 + t.float()[:, None, None, None] / 1000)
+        )
+
+    sched = DDPMScheduler(1000, "cosine")
+    x0 = torch.rand(6, 3, 8, 8) * 2 - 1
+
+    def loss(gamma, **condition):
+        return diffusion_loss(model, sched, x0, generator=torch.Generator().manual_seed(3),
+                              snr_gamma=gamma, **condition)  # fmt: skip
+
+    # the same draws by hand: t, ε, then min(SNR_t, γ) / SNR_t times each example's error
+    gen = torch.Generator().manual_seed(3)
+    t = torch.randint(0, 1000, (6,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    err = (model(sched.add_noise(x0, noise, t), t) - noise).pow(2).mean(dim=(1, 2, 3))
+    snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
+    weight = torch.minimum(snr, torch.tensor(2.0)) / snr
+    assert weight.min() < 0.5 and weight.max() == 1.0  # the draws cover both regimes
+    torch.testing.assert_close(loss(2.0), (weight * err).mean())
+    torch.testing.assert_close(loss(None), err.mean())  # unweighted: the plain MSE
+    torch.testing.assert_close(loss(1e9), err.mean())  # γ above every SNR: no weighting
+    assert (loss(None, scale=2.0) - loss(None)).abs() > 1e-3  # the condition reaches the model
+    for bad in (0, -1.0, "5"):
+        with pytest.raises((TypeError, ValueError), match="snr_gamma"):
+            loss(bad)
+
+
+@pytest.mark.parametrize("ours_cls", [DDPMScheduler, DDIMScheduler])
+def test_sample_loop_runs_diffusers_schedulers_as_ours(ours_cls):
+    # any scheduler with set_timesteps / timesteps / step: diffusers' give our numbers
+    ours = ours_cls(1000, "cosine", clip_sample=True)
+    kwargs = {"variance_type": "fixed_small"} if ours_cls is DDPMScheduler else {}
+    ref = getattr(diffusers, ours_cls.__name__)(
+        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", **kwargs
+    )
+
+    def eps_fn(x, t):
+        return torch.tanh(x) * (1 + t.float()[:, None, None, None] / 1000)
+
+    a = sample_loop(eps_fn, ours, (2, 3, 4, 4), 10, torch.Generator().manual_seed(0))
+    b = sample_loop(eps_fn, ref, (2, 3, 4, 4), 10, torch.Generator().manual_seed(0))
+    assert ref.timesteps.tolist() == ours.timesteps.tolist()
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
 def test_sample_loop_and_sde_helpers():
@@ -193,8 +254,6 @@ def test_sample_loop_and_sde_helpers():
     torch.testing.assert_close(out, x_T / s.alphas_cumprod[90].sqrt(), rtol=1e-4, atol=1e-4)
     # the reverse SDE with the exact score recovers a two-bump mixture
     means = torch.tensor([-2.0, 2.0])
-    from minimodels.diffusion import vp_alpha_bar
-
     x = reverse_sde_sample(lambda x, t: gaussian_mixture_score(x, means, 0.3, vp_alpha_bar(t)),
                            n=4000, num_steps=300, generator=torch.manual_seed(0))  # fmt: skip
     assert abs((x > 0).float().mean().item() - 0.5) < 0.05
@@ -202,162 +261,7 @@ def test_sample_loop_and_sde_helpers():
     assert abs(x.abs().std().item() - 0.3) < 0.1
 
 
-# ---- the U-Net and the pipeline --------------------------------------------------------------
-
-
-def test_unet_shapes_time_and_text_conditioning():
-    from minimodels.unet import UNet2DModel, UNetConfig
-
-    torch.manual_seed(0)
-    m = UNet2DModel(UNetConfig(sample_size=8, block_out_channels=(8, 16), cross_attention_dim=12,
-                               attention_head_dim=8, norm_num_groups=4))  # fmt: skip
-    for p in m.parameters():  # leave the zero initialisation so every path matters
-        torch.nn.init.normal_(p, std=0.2)
-    x, ctx = torch.randn(3, 3, 8, 8), torch.randn(3, 5, 12)
-    mask = torch.tensor([[1, 1, 1, 0, 0]] * 3).bool()
-    out = m(x, torch.tensor([1, 500, 999]), ctx, mask)
-    assert out.shape == x.shape
-    assert (m(x, 10, ctx, mask) - m(x, 900, ctx, mask)).abs().max() > 1e-3  # t matters
-    ctx2 = ctx.clone()
-    ctx2[:, :3] += 1.0
-    assert (m(x, 10, ctx2, mask) - m(x, 10, ctx, mask)).abs().max() > 1e-3  # text matters
-    ctx3 = ctx.clone()
-    ctx3[:, 3:] = 100.0  # padding tokens are ignored
-    torch.testing.assert_close(m(x, 10, ctx3, mask), m(x, 10, ctx, mask))
-    with pytest.raises(ValueError, match="sample must have shape"):
-        m(torch.randn(2, 3, 9, 9), 1)
-    with pytest.raises(ValueError, match="encoder_hidden_states must have shape"):
-        m(x, 1, torch.randn(3, 5, 7))
-    with pytest.raises(ValueError, match="sample_size must be divisible"):
-        UNetConfig(sample_size=10, block_out_channels=(8, 16, 32))
-    with pytest.raises(ValueError, match="beta_schedule"):
-        UNetConfig(beta_schedule="nope")
-
-
-def test_diffusion_loss_min_snr_weighting():
-    from minimodels.unet import UNet2DModel, UNetConfig, diffusion_loss
-
-    torch.manual_seed(0)
-    m = UNet2DModel(UNetConfig(sample_size=8, block_out_channels=(8, 16), attention_head_dim=8,
-                               norm_num_groups=4, beta_schedule="cosine"))  # fmt: skip
-    for p in m.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    sched = DDPMScheduler(1000, "cosine")
-    x0 = torch.rand(6, 3, 8, 8) * 2 - 1
-
-    def loss(gamma):
-        return diffusion_loss(m, sched, x0, generator=torch.Generator().manual_seed(3),
-                              snr_gamma=gamma)  # fmt: skip
-
-    # the same draws by hand: t, ε, then min(SNR_t, γ) / SNR_t times each example's error
-    gen = torch.Generator().manual_seed(3)
-    t = torch.randint(0, 1000, (6,), generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
-    with torch.no_grad():
-        err = (m(sched.add_noise(x0, noise, t), t) - noise).pow(2).mean(dim=(1, 2, 3))
-    snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
-    weight = torch.minimum(snr, torch.tensor(2.0)) / snr
-    assert weight.min() < 0.5 and weight.max() == 1.0  # the draws cover both regimes
-    torch.testing.assert_close(loss(2.0), (weight * err).mean())
-    torch.testing.assert_close(loss(None), err.mean())  # unweighted: the plain MSE
-    torch.testing.assert_close(loss(1e9), err.mean())  # γ above every SNR: no weighting
-    for bad in (0, -1.0, "5"):
-        with pytest.raises(ValueError, match="snr_gamma"):
-            loss(bad)
-
-
-def test_autoguidance_combines_the_two_models():
-    from minimodels.unet import UNet2DModel, UNetConfig, generate_unconditional
-
-    def tiny(seed, **kw):
-        torch.manual_seed(seed)
-        m = UNet2DModel(UNetConfig(sample_size=8, block_out_channels=(8, 16), norm_num_groups=4,
-                                   attention_head_dim=8, **kw)).eval()  # fmt: skip
-        for p in m.parameters():  # leave the zero initialisation: ε̂ = 0 would hide the mix
-            torch.nn.init.normal_(p, std=0.2)
-        return m
-
-    model, weak = tiny(0), tiny(1)
-
-    def sample(m, **kw):
-        return generate_unconditional(m, 3, 4, seed=5, clip_sample=False, **kw)
-
-    plain, weak_alone = sample(model), sample(weak)
-    assert (plain - weak_alone).abs().max() > 1e-2  # two different models
-    # w = 1 is the model alone; w = 0 is the guide alone; w = 2 extrapolates past the model
-    torch.testing.assert_close(sample(model, guide_model=weak, guidance_scale=1.0), plain)
-    torch.testing.assert_close(sample(model, guide_model=weak, guidance_scale=0.0), weak_alone)
-    guided = sample(model, guide_model=weak, guidance_scale=2.0)
-    assert (guided - plain).abs().max() > 1e-2
-    # an interval that holds none of the 4 DDIM timesteps leaves plain sampling
-    s = DDIMScheduler(1000)
-    s.set_timesteps(4)
-    top = int(s.timesteps.max())
-    torch.testing.assert_close(
-        sample(model, guide_model=weak, guidance_scale=2.0, guidance_interval=(top + 1, 1000)),
-        plain,
-    )
-    torch.testing.assert_close(
-        sample(model, guide_model=weak, guidance_scale=2.0, guidance_interval=(0, 1000)), guided
-    )
-    with pytest.raises(ValueError, match="needs a guide_model"):
-        sample(model, guidance_scale=2.0)
-    with pytest.raises(ValueError, match="guide_model must denoise the same images"):
-        sample(model, guide_model=tiny(2, beta_schedule="cosine"), guidance_scale=2.0)
-    with pytest.raises(TypeError, match="guide_model"):
-        sample(model, guide_model=torch.nn.Linear(2, 2), guidance_scale=2.0)
-    with pytest.raises(ValueError, match="lo < hi"):
-        sample(model, guide_model=weak, guidance_scale=2.0, guidance_interval=(500, 500))
-    with pytest.raises(ValueError, match="guidance_scale"):
-        sample(model, guide_model=weak, guidance_scale=-1.0)
-
-
-def test_pipeline_guidance_and_negative_prompt():
-    from minimodels.unet import TextToImage, UNet2DModel, UNetConfig
-
-    torch.manual_seed(0)
-    config = UNetConfig(sample_size=8, block_out_channels=(8, 16), cross_attention_dim=64,
-                        norm_num_groups=4, attention_head_dim=8)  # fmt: skip
-    unet = UNet2DModel(config)
-    for p in unet.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    pipe = TextToImage(unet)
-    a = pipe.generate(["a red circle"], num_inference_steps=3, seed=0)
-    assert a.shape == (1, 3, 8, 8) and 0 <= a.min() and a.max() <= 1
-    torch.testing.assert_close(a, pipe.generate(["a red circle"], num_inference_steps=3, seed=0))
-    b = pipe.generate(["a red circle"], num_inference_steps=3, seed=0,
-                      negative_prompt="a blue square")  # fmt: skip
-    assert (a - b).abs().max() > 1e-4
-    # guidance 0 ignores the prompt: two prompts give the same image
-    u1 = pipe.generate(["a red circle"], num_inference_steps=3, seed=0, guidance_scale=0.0)
-    u2 = pipe.generate(["a blue cross"], num_inference_steps=3, seed=0, guidance_scale=0.0)
-    torch.testing.assert_close(u1, u2)
-    with pytest.raises(ValueError, match="guidance_scale"):
-        pipe.generate(["a red circle"], guidance_scale=-1)
-    with pytest.raises(ValueError, match="negative_prompt"):
-        pipe.generate(["a", "b"], negative_prompt=["x", "y", "z"])
-    with pytest.raises(TypeError, match="prompts"):
-        pipe.generate([1, 2])
-
-
-def test_clip_text_features_are_what_encode_text_pools():
-    import minimodels
-    from minimodels.text import Tokenizer
-
-    clip, tok = minimodels.pretrained("clip"), Tokenizer()
-    short = tok(["a red circle", "there is a large blue cross on the left"], padding=True)
-    long = tok(["a red circle", "there is a large blue cross on the left"],
-               padding="max_length", max_length=20)  # fmt: skip
-    with torch.no_grad():
-        f = clip.encode_text_features(short)
-        torch.testing.assert_close(clip.text_proj(f[:, 0]), clip.encode_text(short))
-        g = clip.encode_text_features(long)
-    keep = short["attention_mask"].bool()
-    torch.testing.assert_close(f[keep], g[:, : f.shape[1]][keep], atol=1e-5, rtol=1e-5)
-    assert f.shape == (2, short["input_ids"].shape[1], clip.config.text_width)
-
-
-# ---- metrics ---------------------------------------------------------------------------------
+# ---- metrics (minimodels/metrics.py; they belong in a tests/test_metrics.py) ------------
 
 
 def test_frechet_distance_of_gaussians():
@@ -409,28 +313,3 @@ def test_valid_shapes_gives_the_verdict_and_the_shape_read_per_image():
         valid_shapes(real, threshold=1.5)
     with pytest.raises(ValueError, match="max_objects"):
         valid_shapes(real, max_objects=0)
-
-
-# ---- the GAN ---------------------------------------------------------------------------------
-
-
-def test_conditional_gan_trains_and_generates():
-    from minimodels.gan import PAIRS, ConditionalGAN, GANConfig, train_gan
-
-    torch.manual_seed(0)
-    gan = ConditionalGAN(GANConfig(image_size=16, channels=8))
-    before = [p.detach().clone() for p in gan.generator.parameters()]
-    history = train_gan(gan, steps=3, batch_size=8, progress=False)
-    assert len(history["d"]) == 3 and all(math.isfinite(v) for v in history["g"])
-    assert any((a - b).abs().max() > 0 for a, b in zip(before, gan.generator.parameters()))
-    prompts = [f"a {c} {s}" for c, s in PAIRS[:3]]
-    x = gan.generate(prompts, seed=1)
-    assert x.shape == (3, 3, 16, 16) and 0 <= x.min() and x.max() <= 1
-    torch.testing.assert_close(x, gan.generate(prompts, seed=1))
-    assert ConditionalGAN.labels(["there is a red circle"]).tolist() == [
-        PAIRS.index(("red", "circle"))
-    ]
-    with pytest.raises(ValueError, match="colour-shape pair"):
-        ConditionalGAN.labels(["a red triangle"])  # held out: not a training class
-    with pytest.raises(ValueError, match="image_size"):
-        GANConfig(image_size=10)

@@ -35,26 +35,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from minimodels.checks import check_device, check_finite
+from minimodels.checks import check_finite, check_instance, check_tensor
 from minimodels.frozen import freeze, lm_width
 from minimodels.layers import MultiHeadAttention
-
-
-def _check_features(x, dim: int, name: str = "image_features") -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a float tensor (B, N, {dim}); got {type(x).__name__}")
-    if x.ndim != 3 or x.shape[1] < 1:
-        hint = " (one image? use x[None])" if x.ndim == 2 else ""
-        raise ValueError(f"{name} must have shape (B, N, {dim}); got {tuple(x.shape)}{hint}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor; got dtype {x.dtype}")
-    check_device(x, name, None)
-    check_finite(x, name)
-    if x.shape[-1] != dim:
-        raise ValueError(
-            f"{name} must have width {dim} in its last dimension (the vision encoder's); "
-            f"got shape {tuple(x.shape)}"
-        )
 
 
 def feed_forward(dim: int, mult: float) -> nn.Sequential:
@@ -83,9 +66,6 @@ class PerceiverResampler(nn.Module):
         self, dim: int, depth: int = 2, num_latents: int = 8, heads: int = 4, ff_mult: float = 2
     ):
         super().__init__()
-        for value, name in ((dim, "dim"), (depth, "depth"), (num_latents, "num_latents")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
         self.dim, self.num_latents = dim, num_latents
         self.latents = nn.Parameter(torch.randn(num_latents, dim))  # L learned queries
         self.layers = nn.ModuleList()
@@ -102,7 +82,6 @@ class PerceiverResampler(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_features(x, self.dim, "x (image features)")
         B = x.shape[0]
         latents = self.latents.expand(B, -1, -1)  # (B, L, D)
         for layer in self.layers:
@@ -137,10 +116,6 @@ class GatedCrossAttentionDense(nn.Module):
         self.ff_gate = nn.Parameter(torch.zeros(1))  # α_dense = 0
 
     def forward(self, x: torch.Tensor, media: torch.Tensor) -> torch.Tensor:
-        _check_features(x, self.norm.normalized_shape[0], "x (the LM's hidden states)")
-        _check_features(media, self.cross_attn.context_dim, "media (visual latents)")
-        if len(media) != len(x):
-            raise ValueError(f"media must have the batch size of x ({len(x)}); got {len(media)}")
         y = self.cross_attn(self.norm(x), context=media)  # (B, T, C): each word reads the image
         x = x + self.attn_gate.tanh() * y  # y = x + tanh(α)·xattn(x)
         x = x + self.ff_gate.tanh() * self.ff(x)  # x + tanh(α_dense)·FFW(x)
@@ -178,20 +153,6 @@ class FlamingoConfig:
     heads: int = 4
     ff_mult: float = 2.0
     cross_attn_every_n_layers: int = 1  # a gated layer before every n-th LM block
-
-    def __post_init__(self):
-        for name in (
-            "vision_dim", "lm_dim", "num_latents", "resampler_depth", "heads",
-            "cross_attn_every_n_layers",
-        ):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
-        for name in ("vision_dim", "lm_dim"):
-            if getattr(self, name) % self.heads:
-                raise ValueError(
-                    f"{name} must be divisible by heads={self.heads}; got {getattr(self, name)}"
-                )
 
 
 _LAYER_NAMES = ("blocks", "layers", "h", "transformer.h", "transformer.blocks", "model.layers")
@@ -233,13 +194,9 @@ class Flamingo(nn.Module):
         decoder_layers_attr_name: str | None = None,
     ):
         super().__init__()
-        if not isinstance(lm, nn.Module):
-            raise TypeError(f"lm must be a torch.nn.Module (a causal LM); got {type(lm).__name__}")
-        C = lm_width(lm)
-        config = config if config is not None else FlamingoConfig(lm_dim=C)
-        if not isinstance(config, FlamingoConfig):
-            raise TypeError(f"config must be a FlamingoConfig; got {type(config).__name__}")
-        if config.lm_dim != C:
+        C = lm_width(check_instance(lm, nn.Module, "lm"))
+        config = FlamingoConfig(lm_dim=C) if config is None else config
+        if check_instance(config, FlamingoConfig, "config").lm_dim != C:
             raise ValueError(f"config.lm_dim must equal the LM's width {C}; got {config.lm_dim}")
         self.config = c = config
         self.lm = freeze(lm)  # every weight of the LM stays as it was
@@ -272,14 +229,14 @@ class Flamingo(nn.Module):
         return self
 
     def forward(self, image_features, input_ids, attention_mask=None, labels=None):
-        _check_features(image_features, self.config.vision_dim)
-        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
-            got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else input_ids
-            raise ValueError(f"input_ids must be a (B, T) tensor of token ids; got {got}")
-        if input_ids.shape[0] != image_features.shape[0]:
+        D = self.config.vision_dim
+        check_tensor(image_features, "image_features", 3, f"(B, N, {D})", floating=True)
+        check_finite(image_features, "image_features")
+        check_tensor(input_ids, "input_ids", 2, "(B, T)", floating=False)
+        if image_features.shape[-1] != D or len(input_ids) != len(image_features):
             raise ValueError(
-                f"input_ids must have one row per image ({image_features.shape[0]}); got "
-                f"shape {tuple(input_ids.shape)}"
+                f"image_features must be (B, N, {D}) and input_ids (B, T), one row per image; "
+                f"got {tuple(image_features.shape)} and {tuple(input_ids.shape)}"
             )
         device = self.perceiver.latents.device
         media = self.perceiver(image_features.to(device))  # (B, L, D)

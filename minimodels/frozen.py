@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-IGNORE_INDEX = -100  # label of positions that are not trained (as in Hugging Face)
+from minimodels.checks import check_device, check_ids, check_images, check_instance
+from minimodels.gpt import IGNORE_INDEX
 
 
 def lm_width(lm: nn.Module) -> int:
@@ -48,27 +49,6 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def _check_ids(input_ids, attention_mask, labels, batch_size: int | None = None):
-    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
-        got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids)
-        raise ValueError(f"input_ids must be a (B, T) tensor of token ids; got {got}")
-    if input_ids.dtype not in (torch.long, torch.int, torch.int32, torch.int16):
-        raise TypeError(f"input_ids must hold integer token ids; got dtype {input_ids.dtype}")
-    if batch_size is not None and input_ids.shape[0] != batch_size:
-        raise ValueError(
-            f"input_ids must have one row per image ({batch_size}); got shape "
-            f"{tuple(input_ids.shape)}"
-        )
-    for value, name in ((attention_mask, "attention_mask"), (labels, "labels")):
-        if value is not None and (
-            not isinstance(value, torch.Tensor) or value.shape != input_ids.shape
-        ):
-            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise ValueError(
-                f"{name} must have the shape of input_ids {tuple(input_ids.shape)}; got {got}"
-            )
-
-
 def prefix_forward(lm, prefix_embeds, input_ids, attention_mask=None, labels=None):
     """Run `lm` on ``[prefix_embeds ; embed(input_ids)]``; the prefix is never a target.
 
@@ -76,21 +56,17 @@ def prefix_forward(lm, prefix_embeds, input_ids, attention_mask=None, labels=Non
     with -100 where no loss is wanted. Returns the LM's output; its logits are (B, k+T, V):
     the logits of text position t are at index k + t.
     """
-    C = lm_width(lm)
-    if not isinstance(prefix_embeds, torch.Tensor) or prefix_embeds.ndim != 3:
-        got = (
-            tuple(prefix_embeds.shape)
-            if isinstance(prefix_embeds, torch.Tensor)
-            else type(prefix_embeds).__name__
-        )
-        raise ValueError(f"prefix_embeds must be a (B, k, {C}) tensor; got {got}")
-    if prefix_embeds.shape[-1] != C:
-        raise ValueError(
-            f"prefix_embeds must have the LM's width {C} in its last dimension; got shape "
-            f"{tuple(prefix_embeds.shape)}"
-        )
     B, k, _ = prefix_embeds.shape
-    _check_ids(input_ids, attention_mask, labels, batch_size=B)
+    input_ids = check_ids(input_ids, "input_ids", lm.get_input_embeddings().num_embeddings)
+    if len(input_ids) != B:
+        raise ValueError(f"input_ids must have one row per image ({B}); got shape "
+                         f"{tuple(input_ids.shape)}")  # fmt: skip
+    for name, x in (("attention_mask", attention_mask), ("labels", labels)):
+        if x is not None and check_instance(x, torch.Tensor, name).shape != input_ids.shape:
+            raise ValueError(f"{name} must have the shape of input_ids "
+                             f"{tuple(input_ids.shape)}; got {tuple(x.shape)}")  # fmt: skip
+        if x is not None:
+            check_device(x, name, None)
     device = prefix_embeds.device
     input_ids = input_ids.to(device)
     text_embeds = lm.get_input_embeddings()(input_ids)  # E(w): (B, T, C)
@@ -114,13 +90,7 @@ class FrozenConfig:
     lm_dim: int = 64  # C: must equal the LM's embedding width
 
     def __post_init__(self):
-        self.channels = tuple(int(c) for c in self.channels)
-        for name in ("image_size", "in_channels", "num_prefix_tokens", "lm_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
-        if len(self.channels) != 3 or min(self.channels) < 1:
-            raise ValueError(f"channels must be 3 positive ints; got {self.channels}")
+        self.channels = tuple(self.channels)  # a list when read back from JSON
 
 
 class FrozenVisionEncoder(nn.Module):
@@ -146,11 +116,10 @@ class FrozenVisionEncoder(nn.Module):
         self.proj = nn.Linear(c_in, c.num_prefix_tokens * c.lm_dim)  # W: pooled → k·C
 
     def forward(self, images) -> torch.Tensor:
-        from minimodels.clip import prepare_images
-
+        """uint8 (B, 3, H, W), or float in [0, 1] -> the visual prefix (B, k, C)."""
         c = self.config
-        device = self.proj.weight.device
-        x = prepare_images(images, c.image_size, c.in_channels).to(device)  # (B, 3, H, W)
+        x = check_images(images, "images", c.image_size, c.in_channels)  # float in [0, 1]
+        x = x.to(self.proj.weight.device)  # (B, 3, H, W)
         h = self.cnn(x).mean(dim=(2, 3))  # global average pool: (B, channels[-1])
         return self.proj(h).view(len(x), c.num_prefix_tokens, c.lm_dim)  # (B, k, C)
 
@@ -165,16 +134,10 @@ class Frozen(nn.Module):
 
     def __init__(self, lm: nn.Module, config: FrozenConfig | None = None):
         super().__init__()
-        if not isinstance(lm, nn.Module):
-            raise TypeError(f"lm must be a torch.nn.Module (a causal LM); got {type(lm).__name__}")
-        C = lm_width(lm)
-        config = config if config is not None else FrozenConfig(lm_dim=C)
-        if not isinstance(config, FrozenConfig):
-            raise TypeError(f"config must be a FrozenConfig; got {type(config).__name__}")
-        if config.lm_dim != C:
-            raise ValueError(
-                f"config.lm_dim must equal the LM's embedding width {C}; got {config.lm_dim}"
-            )
+        C = lm_width(check_instance(lm, nn.Module, "lm"))
+        config = FrozenConfig(lm_dim=C) if config is None else config
+        if check_instance(config, FrozenConfig, "config").lm_dim != C:
+            raise ValueError(f"config.lm_dim must equal the LM's width {C}; got {config.lm_dim}")
         self.config = config
         self.lm = freeze(lm)
         self.vision_encoder = FrozenVisionEncoder(config).to(lm.get_input_embeddings().weight)

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from minimodels.checks import check_device, check_finite
+from minimodels.checks import check_float, check_instance, check_int, check_strings
 
 __all__ = [
     "LoRALinear",
@@ -40,17 +40,6 @@ __all__ = [
     "count_parameters",
     "print_trainable_parameters",
 ]
-
-
-def _check_rank_alpha(r, alpha) -> None:
-    if isinstance(r, bool) or not isinstance(r, int):
-        raise TypeError(f"r must be a positive int (the rank); got {r!r} ({type(r).__name__})")
-    if r < 1:
-        raise ValueError(f"r must be a positive int (the rank); got {r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"alpha must be a positive number; got {alpha!r} ({type(alpha).__name__})")
-    if not (alpha > 0 and math.isfinite(alpha)):
-        raise ValueError(f"alpha must be a positive finite number; got {alpha}")
 
 
 class LoRALinear(nn.Module):
@@ -72,19 +61,10 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base: nn.Linear, r: int = 4, alpha: float = 8.0, dropout: float = 0.0):
         super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"base must be an nn.Linear; got {type(base).__name__}")
-        _check_rank_alpha(r, alpha)
-        if r > min(base.in_features, base.out_features):
-            raise ValueError(
-                f"r must be at most min(in_features, out_features) = "
-                f"{min(base.in_features, base.out_features)} for this layer "
-                f"({base.in_features} → {base.out_features}); got r={r}"
-            )
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-            raise TypeError(f"dropout must be a float in [0, 1); got {dropout!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a float in [0, 1); got {dropout}")
+        check_instance(base, nn.Linear, "base")
+        check_int(r, "r (the rank)", 1, min(base.in_features, base.out_features))
+        check_float(alpha, "alpha", 0.0, min_inclusive=False)
+        check_float(dropout, "dropout", 0.0, 1.0, max_inclusive=False)
         self.base_layer = base
         for p in self.base_layer.parameters():
             p.requires_grad_(False)  # W and b stay frozen
@@ -119,23 +99,9 @@ class LoRALinear(nn.Module):
         return self.scaling * (self.lora_B.weight @ self.lora_A.weight)  # (d_out, r)@(r, d_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor (..., {self.in_features}); got {type(x)}")
-        if not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point tensor; got dtype {x.dtype}")
-        check_device(x, "x", self.lora_A.weight.device)
-        check_finite(x, "x")
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"x must have last dimension in_features={self.in_features}; "
-                f"got shape {tuple(x.shape)}"
-            )
         y = self.base_layer(x)  # W x + b: (..., d_out)
         h = self.lora_A(self.lora_dropout(x))  # A x: (..., r), the low-rank bottleneck
-        out = y + self.lora_B(h) * self.scaling  # y = W x + b + (alpha/r) · B A x
-        if not torch.isfinite(out).all():
-            raise ValueError(f"x holds values too large for {x.dtype}: the layer overflowed")
-        return out
+        return y + self.lora_B(h) * self.scaling  # y = W x + b + (alpha/r) · B A x
 
     @torch.no_grad()
     def merge(self) -> nn.Linear:
@@ -187,22 +153,16 @@ def apply_lora(
 
     Raises ValueError if nothing matches (a typo in a name would otherwise train nothing).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_instance(model, nn.Module, "model")
     if isinstance(target_modules, str):
         try:
             re.compile(target_modules)
         except re.error as err:
             raise ValueError(f"target_modules is not a valid regular expression: {err}") from err
-    elif isinstance(target_modules, Sequence) and all(isinstance(t, str) for t in target_modules):
-        if len(target_modules) == 0:
-            raise ValueError("target_modules must name at least one module; got an empty list")
     else:
-        raise TypeError(
-            "target_modules must be a list of module names or a regex string; "
-            f"got {target_modules!r}"
-        )
-    _check_rank_alpha(r, alpha)
+        target_modules = check_strings(target_modules, "target_modules (names or a regex)")
+    check_int(r, "r (the rank)", 1)
+    check_float(alpha, "alpha", 0.0, min_inclusive=False)
     if freeze_base:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -228,8 +188,7 @@ def apply_lora(
 def merge_lora(model: nn.Module) -> nn.Module:
     """Replace every `LoRALinear` in `model` by its merged ``nn.Linear`` (peft's
     ``merge_and_unload``), in place; returns the model. Outputs stay the same."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_instance(model, nn.Module, "model")
     names = [n for n, m in model.named_modules() if isinstance(m, LoRALinear)]
     for name in names:
         parent_name, _, child = name.rpartition(".")
@@ -240,8 +199,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) numbers of parameters, as peft's ``get_nb_trainable_parameters``."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_instance(model, nn.Module, "model")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from minimodels.flamingo import _check_features
+from minimodels.checks import check_finite, check_instance, check_tensor
 from minimodels.frozen import freeze, lm_width, prefix_forward
 from minimodels.layers import TransformerBlock
 
@@ -48,29 +48,14 @@ class QFormerConfig:
     mlp_ratio: float = 2.0
     lm_dim: int = 96  # C: width of the LM (the output of language_projection)
 
-    def __post_init__(self):
-        for name in (
-            "encoder_hidden_size", "hidden_size", "num_query_tokens", "num_hidden_layers",
-            "num_attention_heads", "lm_dim",
-        ):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size must be divisible by num_attention_heads; got {self.hidden_size} "
-                f"and {self.num_attention_heads}"
-            )
-
 
 class QFormer(nn.Module):
     """Learned queries that read frozen image features: (B, N, D) → (B, Q, H)."""
 
     def __init__(self, config: QFormerConfig | None = None):
         super().__init__()
-        self.config = c = config if config is not None else QFormerConfig()
-        if not isinstance(c, QFormerConfig):
-            raise TypeError(f"config must be a QFormerConfig; got {type(c).__name__}")
+        c = QFormerConfig() if config is None else check_instance(config, QFormerConfig, "config")
+        self.config = c
         self.query_tokens = nn.Parameter(torch.randn(1, c.num_query_tokens, c.hidden_size) * 0.02)
         self.layernorm_image = nn.LayerNorm(c.encoder_hidden_size)
         self.layers = nn.ModuleList(
@@ -93,14 +78,13 @@ class QFormer(nn.Module):
         With ``return_attention=True`` also returns each layer's cross-attention weights
         (B, heads, Q, N): which image features each query read.
         """
-        c = self.config
-        _check_features(image_embeds, c.encoder_hidden_size, "image_embeds")
+        D = self.config.encoder_hidden_size
+        check_tensor(image_embeds, "image_embeds", 3, f"(B, N, {D})", floating=True)
+        check_finite(image_embeds, "image_embeds")
+        if image_embeds.shape[-1] != D:
+            raise ValueError(f"image_embeds must have width {D} (encoder_hidden_size) in its last "
+                             f"dimension; got shape {tuple(image_embeds.shape)}")  # fmt: skip
         image = self.layernorm_image(image_embeds.to(self.query_tokens.device))  # (B, N, D)
-        if not torch.isfinite(image).all():
-            raise ValueError(
-                "image_embeds overflowed in the layer norm: values too large for "
-                f"{image_embeds.dtype} (max |x| = {image_embeds.abs().max().item():.3g})"
-            )
         z = self.query_tokens.expand(len(image), -1, -1)  # (B, Q, H): the same Q for every image
         maps = []
         for layer in self.layers:
@@ -125,13 +109,9 @@ class Blip2(nn.Module):
 
     def __init__(self, lm: nn.Module, config: QFormerConfig | None = None):
         super().__init__()
-        if not isinstance(lm, nn.Module):
-            raise TypeError(f"lm must be a torch.nn.Module (a causal LM); got {type(lm).__name__}")
-        C = lm_width(lm)
-        config = config if config is not None else QFormerConfig(lm_dim=C)
-        if not isinstance(config, QFormerConfig):
-            raise TypeError(f"config must be a QFormerConfig; got {type(config).__name__}")
-        if config.lm_dim != C:
+        C = lm_width(check_instance(lm, nn.Module, "lm"))
+        config = QFormerConfig(lm_dim=C) if config is None else config
+        if check_instance(config, QFormerConfig, "config").lm_dim != C:
             raise ValueError(f"config.lm_dim must equal the LM's width {C}; got {config.lm_dim}")
         self.config = config
         self.lm = freeze(lm)
@@ -150,7 +130,13 @@ class Blip2(nn.Module):
 
     def visual_prefix(self, image_features: torch.Tensor) -> torch.Tensor:
         """(B, N, D) frozen features → (B, Q, C) vectors in the LM's input space."""
-        _check_features(image_features, self.config.encoder_hidden_size, "image_features")
+        D = self.config.encoder_hidden_size
+        check_tensor(image_features, "image_features", 3, f"(B, N, {D})", floating=True)
+        check_finite(image_features, "image_features")
+        if image_features.shape[-1] != D:
+            raise ValueError(
+                f"image_features must be (B, N, {D}); got {tuple(image_features.shape)}"
+            )
         return self.language_projection(self.qformer(image_features))  # (B, Q, C)
 
     def forward(self, image_features, input_ids, attention_mask=None, labels=None):

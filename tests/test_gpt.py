@@ -1,15 +1,12 @@
-"""The tiny GPT: next-token loss, causality, padding, inputs_embeds, generation, bad input,
-its vocabulary, and the shipped pre-trained weights."""
+"""The tiny GPT: next-token loss, causality, padding, inputs_embeds, generation with its KV
+cache, bad input, and its vocabulary. (Its pre-training: tests/test_recipes_gpt.py.)"""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-import minimodels
-from minimodels import gpt
 from minimodels import shapeworld as sw
-from minimodels.data.captions import ITALIAN_SHAPES, italian_caption
+from minimodels.data.captions import italian_caption
 from minimodels.gpt import GPT, TOKENIZER, GPTConfig, causal_lm_loss
 from minimodels.text import Tokenizer
 
@@ -20,11 +17,6 @@ TINY = GPTConfig(n_embd=32, n_layer=2, n_head=4, n_positions=48)
 def model():
     torch.manual_seed(0)
     return GPT(TINY).eval()
-
-
-@pytest.fixture(scope="module")
-def shipped():
-    return minimodels.pretrained("gpt")
 
 
 def ids_of(text):
@@ -63,7 +55,8 @@ def test_loss_is_shifted_cross_entropy_ignoring_minus_100(model):
     # position t predicts token t+1; targets 1, 2 are ignored (labels -100)
     expected = F.cross_entropy(out.logits[0, 2:-1], ids[0, 3:])
     torch.testing.assert_close(out.loss, expected)
-    assert causal_lm_loss(out.logits, torch.full_like(ids, -100)).item() == 0.0
+    nothing = causal_lm_loss(out.logits, torch.full_like(ids, -100))
+    assert nothing.item() == 0.0 and nothing.requires_grad is out.logits.requires_grad
 
 
 def test_causal_future_tokens_do_not_change_the_past(model):
@@ -107,6 +100,19 @@ def test_generate_greedy_sampled_and_eos(model):
     assert stopped.shape[1] == ids.shape[1] + 1
 
 
+def test_generate_pads_rows_that_ended_and_stops_when_all_have(model):
+    ids = torch.cat([ids_of("<bos> a red"), ids_of("<bos> a blue")])
+    free = model.generate(ids, max_new_tokens=6, eos_token_id=None)[:, 3:]  # (2, 6)
+    eos = int(free[0, 1])  # row 0 "ends" at its second new token
+    ends = [int((row == eos).nonzero()[0]) if (row == eos).any() else None for row in free]
+    out = model.generate(ids, max_new_tokens=6, eos_token_id=eos, pad_token_id=0)[:, 3:]
+    assert out.shape[1] == (6 if None in ends else max(ends) + 1)
+    for row, full, end in zip(out, free, ends):
+        end = len(out[0]) if end is None else end
+        assert torch.equal(row[: end + 1], full[: end + 1])  # the same tokens up to its <eos>
+        assert (row[end + 1 :] == 0).all()  # then padding
+
+
 def test_kv_cache_matches_the_full_forward_pass_with_left_padding(model):
     rows = [TOKENIZER.encode(t, add_special_tokens=False)
             for t in ("<bos> a red", "<bos> how many shapes are there")]  # fmt: skip
@@ -120,7 +126,7 @@ def test_kv_cache_matches_the_full_forward_pass_with_left_padding(model):
     # the cache fed 4 positions, then 1, then 3 gives the logits of one full pass
     caches = [[] for _ in model.blocks]
     emb, keep = model.get_input_embeddings()(out[:, :-1]), full_mask[:, :-1].bool()
-    parts = [model._decode(emb[:, a:b], keep[:, :b], caches)
+    parts = [model._decode(emb[:, a:b], keep[:, :b], True, caches)
              for a, b in ((0, 4), (4, 5), (5, T + 5))]  # fmt: skip
     torch.testing.assert_close(torch.cat(parts, 1)[keep], logits[keep], rtol=1e-5, atol=1e-5)
 
@@ -149,21 +155,13 @@ def test_forward_rejects_bad_input(model):
         model(inputs_embeds=torch.zeros(1, 3, 7))
     with pytest.raises(ValueError, match="n_positions"):
         model(torch.zeros(1, 60, dtype=torch.long))
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="labels must have the shape"):
         model(ids_of("<bos> a"), labels=torch.zeros(1, 5, dtype=torch.long))
-    with pytest.raises(ValueError, match="n_embd must be divisible"):
-        GPTConfig(n_embd=30, n_head=4)
-
-
-def test_shipped_gpt_knows_shapeworld_text(shipped):
-    fresh = GPT(shipped.config).eval()
-    batch = gpt.encode_batch(
-        gpt.pretraining_texts(sw.sample_scenes("test", 200, seed=41), np.random.default_rng(4))
-    )
-    trained_loss = shipped(**batch).loss.item()
-    assert trained_loss < 0.5 * fresh(**batch).loss.item()
-    # Without an image it can only guess, but a guess of the right kind: a count is a number.
-    out = shipped.generate(ids_of("<bos> how many shapes are there?"), max_new_tokens=1)
-    assert TOKENIZER.decode(out[0, -1:]) in sw.NUMBER_WORDS
-    out = shipped.generate(ids_of("<bos> un piccolo"), max_new_tokens=1)
-    assert TOKENIZER.decode(out[0, -1:]) in ITALIAN_SHAPES.values()
+    with pytest.raises(ValueError, match="labels must lie in"):
+        model(ids_of("<bos> a"), labels=torch.tensor([[5, -3]]))
+    with pytest.raises(ValueError, match="attention_mask must have the shape"):
+        model(ids_of("<bos> a"), attention_mask=torch.ones(1, 3))
+    with pytest.raises(TypeError, match="config must be a GPTConfig"):
+        GPT({"n_embd": 32})
+    with pytest.raises(ValueError, match="n_embd=30 must be divisible by n_head=4"):
+        GPT(GPTConfig(n_embd=30, n_head=4))

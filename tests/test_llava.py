@@ -1,16 +1,13 @@
 """LLaVA: the projector, the <image> merge against transformers' LLaVA, the processor and its
-labels, the two stages' trainable parameters, the instruction data, bad input, and the
-shipped model answering with and without the image."""
+labels, pooling, bad input, and where the image reaches the loss. (Training, evaluation and
+the shipped models: tests/test_recipes_llava.py.)"""
 
-import numpy as np
 import pytest
 import torch
 
-import minimodels
-from minimodels import llava
 from minimodels import shapeworld as sw
 from minimodels.clip import CLIPConfig
-from minimodels.data import instructions
+from minimodels.data.images import to_tensor
 from minimodels.gpt import GPTConfig
 from minimodels.llava import (
     IGNORE_INDEX,
@@ -38,7 +35,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def data():
     images, scenes = sw.generate("test", 4, seed=2)
-    return torch.from_numpy(images).permute(0, 3, 1, 2), scenes
+    return to_tensor(images), scenes
 
 
 # ---- the merge, against transformers -----------------------------------------------------
@@ -103,6 +100,8 @@ def test_merge_fills_in_reading_order_and_leaves_text_alone():
     assert out[ids == 5].abs().sum() == 0 and emb.abs().sum() == 0  # input untouched
     with pytest.raises(ValueError, match="width"):
         merge_image_features(emb, ids, torch.zeros(2, 2, 4), 9)
+    with pytest.raises(ValueError, match="do not match: 4 tokens .* 6 features"):
+        merge_image_features(emb, ids, torch.zeros(3, 2, 3), 9)
 
 
 # ---- projector, processor, labels ----------------------------------------------------------
@@ -119,8 +118,6 @@ def test_projector_linear_is_w_z_and_mlp_is_two_layers():
     assert mlp(z).shape == (2, 5, 12)
     with pytest.raises(ValueError, match="kind"):
         LlavaProjector(8, 12, kind="conv")
-    with pytest.raises(ValueError, match="vision_dim=8"):
-        lin(torch.randn(2, 5, 7))
 
 
 def test_pool_modes_average_or_concatenate_neighbouring_patches(data):
@@ -144,7 +141,9 @@ def test_pool_modes_average_or_concatenate_neighbouring_patches(data):
     # pixel unshuffle keeps every number: channel d of patch (i, j) sits at d·4 + 2i + j
     torch.testing.assert_close(zc[:, 6].view(-1, D, 2, 2), block.permute(0, 3, 1, 2))
     with pytest.raises(ValueError, match="pool_mode"):
-        LlavaConfig(pool_mode="max")
+        LlavaForConditionalGeneration(LlavaConfig(pool_mode="max"))
+    with pytest.raises(ValueError, match="pool=3 must divide the grid of 16×16"):
+        LlavaForConditionalGeneration(LlavaConfig(pool=3))
 
 
 def test_processor_expands_image_and_labels_only_answers(tiny, data):
@@ -192,91 +191,15 @@ def test_generate_rejects_bad_images_and_lengths(tiny, data):
         tiny(torch.tensor([[TOKENIZER.image_token_id, 5]]))
 
 
-def test_stages_train_the_right_parameters(tiny):
-    proj = sum(p.numel() for p in tiny.multi_modal_projector.parameters())
-    lm = sum(p.numel() for p in tiny.language_model.parameters())
-    llava.set_stage(tiny, 1)
-    assert llava.count_trainable(tiny) == proj
-    llava.set_stage(tiny, 2)
-    assert llava.count_trainable(tiny) == proj + lm
-    assert not any(p.requires_grad for p in tiny.vision_tower.parameters())
-    llava.set_stage(tiny, 1)
-
-
 def test_image_reaches_the_loss_only_through_the_projector(tiny, data):
     images, scenes = data
     batch = tiny.processor.training_batch([[("what is it?", s["caption"])] for s in scenes[:2]])
+    tiny.language_model.requires_grad_(False)  # stage 1: the projector alone trains
     loss = tiny(**batch, pixel_values=images[:2]).loss
     other = tiny(**batch, pixel_values=images[2:4]).loss
     assert loss.item() != other.item()  # the answer's likelihood depends on the image
-    llava.set_stage(tiny, 1)
     loss.backward()
     assert tiny.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in tiny.language_model.parameters())
     tiny.zero_grad(set_to_none=True)
-
-
-# ---- instruction data --------------------------------------------------------------------
-
-
-def test_reasoning_answers_follow_the_scene():
-    scene = sw.make_scene(
-        [
-            {"shape": "circle", "color": "red", "size": "small", "position": "top left"},
-            {"shape": "square", "color": "blue", "size": "large", "position": "bottom right"},
-        ]
-    )
-    answers = {}
-    for k in range(40):
-        (q, a), = instructions.reasoning(scene, np.random.default_rng(k))  # fmt: skip
-        answers[q] = a
-    removal = [a for q, a in answers.items() if "were removed" in q]
-    assert removal and set(removal) == {"one"}  # two shapes, one removed
-    for q, a in answers.items():
-        if "nearer the top" in q or "nearer the left" in q:
-            assert a == "the red circle", q
-        if "nearer the bottom" in q or "larger" in q:
-            assert a == "the blue square", q
-    assert any("larger" in q for q in answers)
-    for kind in instructions.RESPONSE_TYPES:
-        turns = instructions.instruction_data(scene, kind, np.random.default_rng(0))
-        assert turns and all(isinstance(q, str) and isinstance(a, str) for q, a in turns)
-    with pytest.raises(ValueError, match="kind"):
-        instructions.instruction_data(scene, "poetry", np.random.default_rng(0))
-
-
-def test_pairs_in_text_reads_colour_shape_pairs():
-    assert llava.pairs_in_text("a small red circle on the left, a large blue cross") == {
-        ("red", "circle"),
-        ("blue", "cross"),
-    }
-
-
-# ---- the shipped model -------------------------------------------------------------------
-
-
-def test_shipped_llava_sees_the_image_and_the_blind_lm_does_not():
-    model = minimodels.pretrained("llava")
-    blind = llava.load_blind()
-    images, scenes, qa = llava._test_set(seed=123, n=120)
-    acc = llava.vqa_accuracy(model, images, qa)
-    blind_answers = llava.answer_blind(blind, [q for q, _ in qa])
-    blind_acc = float(np.mean([a == g for a, (_, g) in zip(blind_answers, qa)]))
-    assert acc > blind_acc + 0.05, (acc, blind_acc)
-    # colour questions cannot be answered without looking: the blind LM can only guess
-    color_qa = [
-        next((q, a) for q, a in zip(s["questions"], s["answers"]) if q.startswith("what color"))
-        for s in scenes
-        if any(q.startswith("what color") for q in s["questions"])
-    ][:60]
-    keep = [
-        i for i, s in enumerate(scenes) if any(q.startswith("what color") for q in s["questions"])
-    ]
-    color_acc = llava.vqa_accuracy(model, images[keep[:60]], color_qa)
-    blind_color = llava.answer_blind(blind, [q for q, _ in color_qa])
-    blind_color_acc = float(np.mean([a == g for a, (_, g) in zip(blind_color, color_qa)]))
-    assert color_acc >= 0.6 and blind_color_acc <= 0.4, (color_acc, blind_color_acc)
-    prompt = ["<image> describe the image in detail."] * 2
-    s1 = model.generate(images[:2], prompt, do_sample=True, temperature=1.0, seed=3)
-    s2 = model.generate(images[:2], prompt, do_sample=True, temperature=1.0, seed=3)
-    assert s1 == s2  # sampling is repeatable with a seed
+    tiny.language_model.requires_grad_(True)

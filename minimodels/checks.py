@@ -111,7 +111,10 @@ def check_prompts(prompts, name: str = "prompt") -> list[str]:
 def check_instance(value, cls, name: str):
     if not isinstance(value, cls):
         names = " or ".join(c.__name__ for c in (cls if isinstance(cls, tuple) else (cls,)))
-        raise TypeError(f"{name} must be a {names}; got {_show(value)} ({type(value).__name__})")
+        article = "an" if names[0].lower() in "aeio" else "a"  # "a UNet2DModel"
+        raise TypeError(
+            f"{name} must be {article} {names}; got {_show(value)} ({type(value).__name__})"
+        )
     return value
 
 

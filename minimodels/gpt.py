@@ -149,16 +149,20 @@ class GPT(nn.Module):
         if T > self.config.n_positions:
             raise ValueError(f"the input has T={T} tokens, more than n_positions="
                              f"{self.config.n_positions}")  # fmt: skip
+        if labels is not None:
+            check_tensor(labels, "labels", 2, "(B, T), −100 = ignore", floating=False)
+            if labels.shape != (B, T):
+                raise ValueError(f"labels must have the shape of input_ids (B, T) = {(B, T)}; "
+                                 f"got {tuple(labels.shape)}")  # fmt: skip
+            labels = labels.long()
+            check_ids(
+                labels.masked_fill(labels == IGNORE_INDEX, 0), "labels", self.config.vocab_size
+            )
         keep, padded = self._keep(attention_mask, B, T)
         logits = self._decode(x, keep, padded)  # (B, T, V)
         if labels is None:
             return CausalLMOutput(loss=None, logits=logits)
-        check_tensor(labels, "labels", 2, "(B, T), −100 = ignore", floating=False)
-        if labels.shape != (B, T):
-            raise ValueError(f"labels must have the shape of the input {(B, T)} (−100 = ignore); "
-                             f"got {tuple(labels.shape)}")  # fmt: skip
-        check_ids(labels.masked_fill(labels == IGNORE_INDEX, 0), "labels", self.config.vocab_size)
-        return CausalLMOutput(causal_lm_loss(logits, labels.to(self.device).long()), logits)
+        return CausalLMOutput(causal_lm_loss(logits, labels.to(self.device)), logits)
 
     def _keep(self, attention_mask, B: int, T: int) -> tuple[torch.Tensor, bool]:
         """attention_mask -> (keep (B, T) bool on the model, whether any position is padding).

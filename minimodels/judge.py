@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minimodels.checks import check_images, check_int
+from minimodels.checks import MAX_IMAGE_SIZE, check_images, check_int
 from minimodels.data.world import COLORS, POSITIONS, SHAPES, SIZES
 
 NONE = "none"
@@ -55,6 +55,7 @@ def prepare_images(images, image_size: int = 32) -> torch.Tensor:
     (3 dimensions) is a batch of one; other sizes are resized. Generative models that work in
     [-1, 1] must convert first: ``(x + 1) / 2``.
     """
+    check_int(image_size, "image_size", 8, MAX_IMAGE_SIZE)
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.ascontiguousarray(images))
     if isinstance(images, torch.Tensor) and images.ndim == 3:

@@ -19,6 +19,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import torch
+
+from minimodels.checks import check_int
 from minimodels.data.captions import italian_words
 from minimodels.data.instructions import INSTRUCTION_WORDS
 from minimodels.data.world import vocabulary
@@ -198,8 +201,6 @@ class Tokenizer:
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors must be None or 'pt'; got {return_tensors!r}")
         if max_length is not None:
-            from minimodels.checks import check_int
-
             check_int(max_length, "max_length", 1, 1_000_000)
         limit = max_length if max_length is not None else self.model_max_length
         ids = [self.encode(t, add_special_tokens, limit, truncation) for t in texts]
@@ -212,8 +213,6 @@ class Tokenizer:
             if return_tensors is not None and len({len(x) for x in ids}) > 1:
                 raise ValueError("texts of different lengths need padding=True for tensors")
         if return_tensors == "pt":
-            import torch
-
             return {
                 "input_ids": torch.tensor(ids, dtype=torch.long),
                 "attention_mask": torch.tensor(mask, dtype=torch.long),

@@ -9,6 +9,7 @@ import pytest
 from shapeworld_checks import find, relation_holds
 
 from minimodels import shapeworld as sw
+from minimodels.data.captions import hard_negative, italian_caption
 from minimodels.text import Tokenizer
 
 PHRASE_TO_POSITION = {v: k for k, v in sw.POSITION_PHRASES.items()}
@@ -124,3 +125,38 @@ def test_foil_caption(train_scenes):
             sw.foil_caption(bad)
     with pytest.raises(ValueError, match="caption"):
         sw.foil_caption("a small thing on the left")
+
+
+def test_hard_negatives_are_false_and_close():
+    rng = np.random.default_rng(0)
+    scenes = sw.sample_scenes("test", 300, seed=2)
+    kinds = set()
+    for s in scenes:
+        t = int(rng.integers(sw.NUM_TEMPLATES))
+        neg, kind = hard_negative(s, t, rng)
+        pos = sw.describe(s, template=t)
+        kinds.add(kind)
+        assert neg != pos
+        assert len(neg.split()) == len(pos.split())  # same template, one attribute changed
+        changed = [a for a, b in zip(pos.split(), neg.split()) if a != b]
+        assert len(changed) == (2 if kind == "exchange" else 1), (pos, neg, kind)
+        if kind == "exchange":
+            assert sorted(pos.split()) == sorted(neg.split())  # same bag of words
+        # the negative names a colour-shape pair that the scene does not contain
+        pairs = {(o["color"], o["shape"]) for o in s["objects"]}
+        words = neg.replace(",", "").split()
+        named = {(a, b) for a, b in zip(words, words[1:]) if a in sw.COLORS and b in sw.SHAPES}
+        assert named - pairs, (pos, neg)
+    assert kinds == {"colour", "shape", "exchange"}
+
+
+def test_italian_caption_agrees_in_gender():
+    scene = sw.make_scene(
+        [
+            {"shape": "cross", "color": "red", "size": "small", "position": "left"},
+            {"shape": "circle", "color": "red", "size": "small", "position": "top"},
+        ]
+    )
+    assert italian_caption(scene) == (
+        "una piccola croce rossa a sinistra e un piccolo cerchio rosso in alto"
+    )

@@ -34,18 +34,6 @@ def test_vocabulary_extends_shapeworld_without_moving_clip_ids():
             assert "[UNK]" not in TOKENIZER.tokenize(text), text
 
 
-def test_italian_caption_agrees_in_gender():
-    scene = sw.make_scene(
-        [
-            {"shape": "cross", "color": "red", "size": "small", "position": "left"},
-            {"shape": "circle", "color": "red", "size": "small", "position": "top"},
-        ]
-    )
-    assert italian_caption(scene) == (
-        "una piccola croce rossa a sinistra e un piccolo cerchio rosso in alto"
-    )
-
-
 def test_loss_is_shifted_cross_entropy_ignoring_minus_100(model):
     ids = ids_of("<bos> a red circle on the left <eos>")
     labels = ids.clone()

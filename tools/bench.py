@@ -22,10 +22,20 @@ import platform
 import statistics
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
+import nbformat
+import torch
+from nbclient import NotebookClient
+
+import minimodels
+from minimodels import shapeworld as sw
+from minimodels.clip import CLIPConfig
+from minimodels.data.images import to_tensor
 from minimodels.evaluate import evaluate
-from minimodels.recipes import SHIPPED
+from minimodels.pipelines import DDPMPipeline
+from minimodels.recipes import SHIPPED, clip, dalle, ddpm, dvae, gpt, judge, vilbert, vilt
 
 REPO = Path(__file__).resolve().parent.parent
 GENERATED = REPO / "book" / "generated"  # what the book includes
@@ -33,8 +43,6 @@ GENERATED = REPO / "book" / "generated"  # what the book includes
 
 def bench_shapeworld(n: int = 5000, repeats: int = 3, image_size: int = 32) -> dict:
     """Images per second: rendering alone, and sampling scenes + rendering (numpy, one core)."""
-    from minimodels import shapeworld as sw
-
     render, total = [], []
     for r in range(repeats):
         t0 = time.perf_counter()
@@ -58,9 +66,6 @@ def run_notebook(path: Path, timeout: int = 600, notebook=None) -> float:
     ``notebook``: an nbformat node already read from ``path``, executed in place (its outputs
     are kept); by default the file is read and the outputs are discarded.
     """
-    import nbformat
-    from nbclient import NotebookClient
-
     nb = notebook if notebook is not None else nbformat.read(path, as_version=4)
     client = NotebookClient(
         nb,
@@ -83,8 +88,6 @@ def run_notebook(path: Path, timeout: int = 600, notebook=None) -> float:
 
 def _cell_seconds(nb) -> list[float]:
     """Each executed code cell's time from nbclient's timing metadata (busy -> idle)."""
-    from datetime import datetime
-
     out = []
     for cell in nb.cells:
         ex = cell.get("metadata", {}).get("execution", {})
@@ -136,50 +139,41 @@ def _rate(fn, items: int) -> float:
 
 def bench_models() -> dict:
     """Samples per second of each model's training step and of its sampler, on this machine."""
-    import torch
-
-    import minimodels
-    from minimodels import clip, dalle, gpt, judge, llava, unet, vilbert, vilt
-    from minimodels import shapeworld as sw
-
     quiet = {"progress": False, "device": "cpu"}
     out = {"training_samples_per_s": {}, "sampler": {}}
     train = out["training_samples_per_s"]
     train["judge"] = _marginal_rate(lambda n: judge.train_judge(n, 128, **quiet), 128)
     train["clip"] = _marginal_rate(
-        lambda n: clip.train_clip(n, 128, config=clip.CLIPConfig(patch_size=2), **quiet), 128
+        lambda n: clip.train_clip(n, 128, config=CLIPConfig(patch_size=2), **quiet), 128
     )
     train["vilbert"] = _marginal_rate(lambda n: vilbert.train_vilbert(n, 0, 64, **quiet), 64)
     train["vilt"] = _marginal_rate(lambda n: vilt.train_vilt(n, 64, **quiet), 64)
-    train["dvae"] = _marginal_rate(lambda n: dalle.train_dvae(n, 64, **quiet), 64)
-    dvae = dalle.load_dvae(device="cpu")
+    train["dvae"] = _marginal_rate(lambda n: dvae.train_dvae(n, 64, **quiet), 64)
+    shipped_dvae = minimodels.pretrained("dvae", device="cpu")
     train["dalle_prior"] = _marginal_rate(
-        lambda n: dalle.train_prior(dvae, n, 64, n_data=2000, **quiet), 64
+        lambda n: dalle.train_prior(shipped_dvae, n, 64, n_data=2000, **quiet), 64
     )
-    train["ddpm"] = _marginal_rate(lambda n: unet.train_unet(n, 32, **quiet), 32)
-    train["ddpm_text"] = _marginal_rate(lambda n: unet.train_unet(n, 32, text=True, **quiet), 32)
+    train["ddpm"] = _marginal_rate(lambda n: ddpm.train_unet(n, 32, **quiet), 32)
+    train["ddpm_text"] = _marginal_rate(lambda n: ddpm.train_unet(n, 32, text=True, **quiet), 32)
     train["gpt"] = _marginal_rate(lambda n: gpt.train_gpt(n, 64, **quiet), 64)
 
     sampler = out["sampler"]
     torch.manual_seed(0)
-    pipe = dalle.load_pretrained(device="cpu")
+    dalle_pipe = minimodels.pretrained("dalle", device="cpu")
     sampler["dalle_images_per_s"] = _rate(
-        lambda: pipe.generate(["a red circle"], n_per_prompt=16, seed=0), 16
+        lambda: dalle_pipe(["a red circle"], num_images_per_prompt=16), 16
     )
-    ddpm = unet.load_pretrained(device="cpu")
-    sampler["ddpm_ddim50_images_per_s"] = _rate(
-        lambda: unet.generate_unconditional(ddpm, num_images=64, num_inference_steps=50), 64
-    )
-    text = unet.load_pretrained_text(device="cpu")
+    ddpm_pipe = DDPMPipeline(minimodels.pretrained("ddpm", device="cpu"))
+    sampler["ddpm_ddim50_images_per_s"] = _rate(lambda: ddpm_pipe(64, num_inference_steps=50), 64)
+    text = minimodels.pretrained("ddpm-text", device="cpu")
     sampler["ddpm_text_ddim50_images_per_s"] = _rate(
-        lambda: text.generate(["a red circle"] * 16, num_inference_steps=50), 16
+        lambda: text(["a red circle"], num_images_per_prompt=16, num_inference_steps=50), 16
     )
     lm = minimodels.pretrained("gpt", device="cpu")
     ids = torch.full((16, 4), 5, dtype=torch.long)
     sampler["gpt_tokens_per_s"] = _rate(lambda: lm.generate(ids, max_new_tokens=20), 16 * 20)
-    vlm = llava.load_pretrained(device="cpu")
-    images, _ = sw.generate("test", n=16, seed=0)
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
+    vlm = minimodels.pretrained("llava", device="cpu")
+    pixels = to_tensor(sw.generate("test", n=16, seed=0)[0])
     prompts = ["<image> how many shapes are there?"] * 16
     sampler["llava_answers_per_s"] = _rate(
         lambda: vlm.generate(pixels, prompts, max_new_tokens=4), 16
@@ -229,8 +223,6 @@ def write_runtime_table(results: dict, machine_info: dict, folder: Path = GENERA
 
 
 def machine() -> dict:
-    import torch
-
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -290,6 +290,9 @@ def sample_single_objects(
     """n scenes of one object whose size is in `sizes` (the data of the image generators):
     drawn from a longer stream of ShapeWorld scenes and filtered, so positions keep their
     jitter."""
+    n, seed = check_int(n, "n", 1, MAX_SCENES), check_int(seed, "seed", 0)
+    if isinstance(sizes, str) or not set(sizes) <= set(SIZES) or not sizes:
+        raise ValueError(f"sizes must be a non-empty list of sizes from {SIZES}; got {sizes!r}")
     scenes: list[dict] = []
     k = 0
     while len(scenes) < n:

@@ -5,6 +5,7 @@ tests/test_recipes_clip.py."""
 import math
 
 import pytest
+import tiny
 import torch
 import torch.nn.functional as F
 
@@ -21,20 +22,12 @@ from minimodels.clip import (
     zero_shot_predict,
 )
 from minimodels.data.images import to_tensor
-from minimodels.text import Tokenizer
-
-TINY = CLIPConfig(vision_width=32, vision_layers=2, text_width=32, text_layers=1, embed_dim=16)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer()
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return CLIP(TINY).eval()
+    return CLIP(tiny.CLIP).eval()
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +79,9 @@ def test_padding_does_not_change_a_text_embedding(model, tok):
 
 def test_encode_image_features_gives_patch_grid(model, batch):
     images, _ = batch
-    n = (TINY.image_size // TINY.patch_size) ** 2
+    n = (tiny.CLIP.image_size // tiny.CLIP.patch_size) ** 2
     last = model.encode_image_features(images)
-    assert last.shape == (5, n, TINY.vision_width)  # no [CLS]
+    assert last.shape == (5, n, tiny.CLIP.vision_width)  # no [CLS]
     torch.testing.assert_close(model.encode_image_features(images, layer=1), last)
     assert not torch.allclose(model.encode_image_features(images, layer=-2), last)
     with pytest.raises(ValueError, match="layer"):
@@ -99,7 +92,7 @@ def test_encode_image_features_gives_patch_grid(model, batch):
 
 
 def test_logit_scale_init_and_clamp():
-    m = CLIP(TINY)
+    m = CLIP(tiny.CLIP)
     assert m.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
     assert m.scale().item() == pytest.approx(1 / 0.07, rel=1e-5)
     with torch.no_grad():
@@ -157,7 +150,7 @@ def test_zero_shot_classifier_is_mean_of_normalised_templates(model, tok):
     classnames = ["red circle", "blue cross", "green square"]
     templates = ["a {}", "a photo of a {}", "there is a {} on the left"]
     classifier = zero_shot_classifier(model, tok, classnames, templates)
-    assert classifier.shape == (TINY.embed_dim, 3)
+    assert classifier.shape == (tiny.CLIP.embed_dim, 3)
     for c, name in enumerate(classnames):
         # one prompt at a time (no padding): normalise each, average, normalise again
         embs = [model.encode_text(tok([t.format(name)]), normalize=True)[0] for t in templates]
@@ -235,7 +228,7 @@ def test_bad_images_raise(model, images, error, match):
 def test_bad_tokens_raise(model, tok):
     ids = tok(["a red circle"])["input_ids"]
     with pytest.raises(ValueError, match="vocab_size"):
-        model.encode_text(torch.tensor([[2, TINY.vocab_size, 3]]))
+        model.encode_text(torch.tensor([[2, tiny.CLIP.vocab_size, 3]]))
     with pytest.raises(ValueError, match="vocab_size"):
         model.encode_text(torch.tensor([[2, -1, 3]]))
     with pytest.raises(TypeError, match="tokens must be an integer tensor"):
@@ -243,7 +236,7 @@ def test_bad_tokens_raise(model, tok):
     with pytest.raises(ValueError, match=r"tokens must have 2 dimensions \(B, L\)"):
         model.encode_text(ids[0])
     with pytest.raises(ValueError, match="max_length=40"):
-        model.encode_text(torch.full((1, TINY.context_length + 1), 10))
+        model.encode_text(torch.full((1, tiny.CLIP.context_length + 1), 10))
     with pytest.raises(ValueError, match="attention_mask must have the shape"):
         model.encode_text(ids, attention_mask=torch.ones(1, 2))
     with pytest.raises(TypeError, match="tokens must be"):
@@ -252,7 +245,7 @@ def test_bad_tokens_raise(model, tok):
 
 def test_text_inputs_reads_the_tokenizer_dict_and_masks_padding(tok):
     batch = tok(["a red circle", "a red circle and a blue cross"])
-    c = TINY
+    c = tiny.CLIP
     ids, keep = text_inputs(batch, None, c.vocab_size, c.context_length, tok.pad_token_id)
     assert torch.equal(ids, batch["input_ids"]) and torch.equal(
         keep, batch["attention_mask"].bool()

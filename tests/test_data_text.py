@@ -10,7 +10,6 @@ from shapeworld_checks import find, relation_holds
 
 from minimodels import shapeworld as sw
 from minimodels.data.captions import hard_negative, italian_caption
-from minimodels.text import Tokenizer
 
 PHRASE_TO_POSITION = {v: k for k, v in sw.POSITION_PHRASES.items()}
 RELATION_RE = "|".join(sw.RELATIONS)
@@ -19,11 +18,6 @@ RELATION_RE = "|".join(sw.RELATIONS)
 @pytest.fixture(scope="module")
 def train_scenes():
     return sw.sample_scenes("train", 3000, seed=0)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer()
 
 
 def test_all_text_tokenizes_without_unk(tok, train_scenes):

@@ -3,6 +3,7 @@
 import copy
 
 import pytest
+import tiny
 import torch
 
 import minimodels
@@ -13,12 +14,7 @@ from minimodels.flamingo import (
     GatedCrossAttentionDense,
     PerceiverResampler,
 )
-from minimodels.gpt import GPT, TOKENIZER, GPTConfig
-
-
-def tiny_lm(seed=0):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(n_embd=32, n_layer=2, n_head=4, n_positions=32)).eval()
+from minimodels.gpt import TOKENIZER
 
 
 def toy_task(n=64, seed=0):
@@ -58,7 +54,7 @@ def test_gated_cross_attention_is_identity_at_init_then_not():
 
 
 def test_flamingo_leaves_lm_outputs_unchanged_at_init():
-    lm = tiny_lm()
+    lm = tiny.lm()
     reference = copy.deepcopy(lm)
     model = Flamingo(lm, FlamingoConfig(vision_dim=16, lm_dim=32, num_latents=4))
     assert sum(isinstance(b, FlamingoLayer) for b in model.lm.blocks) == 2
@@ -71,7 +67,7 @@ def test_flamingo_leaves_lm_outputs_unchanged_at_init():
 
 
 def test_flamingo_trains_gates_and_adapters_only_and_outputs_change():
-    lm = tiny_lm()
+    lm = tiny.lm()
     reference = copy.deepcopy(lm)
     model = Flamingo(lm, FlamingoConfig(vision_dim=16, lm_dim=32, num_latents=4))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -105,7 +101,7 @@ def test_flamingo_trains_gates_and_adapters_only_and_outputs_change():
 
 
 def test_bad_inputs():
-    lm = tiny_lm()
+    lm = tiny.lm()
     model = Flamingo(lm, FlamingoConfig(vision_dim=16, lm_dim=32))
     ids = torch.tensor([[5, 9]])
     with pytest.raises(ValueError, match="image_features must be \\(B, N, 16\\)"):
@@ -117,9 +113,9 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="input_ids must be an integer tensor"):
         model(torch.randn(1, 4, 16), ids.float())
     with pytest.raises(ValueError, match="lm_dim must equal the LM's width 32"):
-        Flamingo(tiny_lm(), FlamingoConfig(vision_dim=16, lm_dim=64))
+        Flamingo(tiny.lm(), FlamingoConfig(vision_dim=16, lm_dim=64))
     with pytest.raises(ValueError, match="decoder_layers_attr_name='layers'"):
-        Flamingo(tiny_lm(), decoder_layers_attr_name="layers")
+        Flamingo(tiny.lm(), decoder_layers_attr_name="layers")
     with pytest.raises(TypeError, match="get_input_embeddings"):
         Flamingo(torch.nn.Linear(3, 3))
 

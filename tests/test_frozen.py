@@ -3,15 +3,10 @@
 import copy
 
 import pytest
+import tiny
 import torch
 
 from minimodels.frozen import Frozen, FrozenConfig, prefix_forward
-from minimodels.gpt import GPT, GPTConfig
-
-
-def tiny_lm(seed=0):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(n_embd=32, n_layer=2, n_head=4, n_positions=32)).eval()
 
 
 def toy_text(n=4):
@@ -23,7 +18,7 @@ def toy_text(n=4):
 
 
 def test_frozen_prefix_forward_matches_token_embeddings():
-    lm = tiny_lm()
+    lm = tiny.lm()
     ids = torch.tensor([[5, 9, 12, 13, 14, 6]])
     prefix = lm.get_input_embeddings()(ids[:, :2])  # a "visual prefix" made of real words
     out = prefix_forward(lm, prefix, ids[:, 2:], labels=ids[:, 2:])
@@ -35,7 +30,7 @@ def test_frozen_prefix_forward_matches_token_embeddings():
 
 
 def test_frozen_trains_the_vision_encoder_only():
-    lm = tiny_lm()
+    lm = tiny.lm()
     reference = copy.deepcopy(lm)
     model = Frozen(lm, FrozenConfig(image_size=16, channels=(8, 8, 16), lm_dim=32))
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
@@ -51,7 +46,7 @@ def test_frozen_trains_the_vision_encoder_only():
 
 
 def test_uint8_and_unit_float_images_give_the_same_prefix():
-    model = Frozen(tiny_lm(), FrozenConfig(image_size=16, channels=(8, 8, 8), lm_dim=32))
+    model = Frozen(tiny.lm(), FrozenConfig(image_size=16, channels=(8, 8, 8), lm_dim=32))
     images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
     prefix = model.vision_encoder(images)
     assert prefix.shape == (3, 2, 32)  # (B, k, C)
@@ -60,7 +55,7 @@ def test_uint8_and_unit_float_images_give_the_same_prefix():
 
 def test_bad_inputs():
     ids = torch.tensor([[5, 9]])
-    frozen = Frozen(tiny_lm(), FrozenConfig(image_size=16, channels=(8, 8, 8), lm_dim=32))
+    frozen = Frozen(tiny.lm(), FrozenConfig(image_size=16, channels=(8, 8, 8), lm_dim=32))
     with pytest.raises(ValueError, match="one row per image \\(2\\)"):
         frozen(torch.rand(2, 3, 16, 16), ids)
     with pytest.raises(ValueError, match="channels"):
@@ -72,6 +67,6 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="input_ids must be an integer tensor"):
         frozen(torch.rand(1, 3, 16, 16), ids.float())
     with pytest.raises(ValueError, match="config.lm_dim must equal the LM's width 32"):
-        Frozen(tiny_lm(), FrozenConfig(lm_dim=64))
+        Frozen(tiny.lm(), FrozenConfig(lm_dim=64))
     with pytest.raises(TypeError, match="lm must be a Module"):
         Frozen("gpt")

@@ -2,13 +2,14 @@
 labels, pooling, bad input, and where the image reaches the loss. (Training, evaluation and
 the shipped models: tests/test_recipes_llava.py.)"""
 
+import dataclasses
+
 import pytest
+import tiny
 import torch
 
 from minimodels import shapeworld as sw
-from minimodels.clip import CLIPConfig
 from minimodels.data.images import to_tensor
-from minimodels.gpt import GPTConfig
 from minimodels.llava import (
     IGNORE_INDEX,
     TOKENIZER,
@@ -17,19 +18,6 @@ from minimodels.llava import (
     LlavaProjector,
     merge_image_features,
 )
-
-TINY = LlavaConfig(
-    vision_config=CLIPConfig(patch_size=4, vision_width=16, vision_layers=2, text_width=16,
-                             text_layers=1, embed_dim=16),
-    text_config=GPTConfig(n_embd=32, n_layer=1, n_head=4),
-    pool=2,
-)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return LlavaForConditionalGeneration(TINY).eval()
 
 
 @pytest.fixture(scope="module")
@@ -123,13 +111,12 @@ def test_projector_linear_is_w_z_and_mlp_is_two_layers():
 def test_pool_modes_average_or_concatenate_neighbouring_patches(data):
     images, _ = data
     torch.manual_seed(0)
-    avg = LlavaForConditionalGeneration(TINY).eval()
+    avg = LlavaForConditionalGeneration(tiny.LLAVA).eval()
     cat = LlavaForConditionalGeneration(
-        LlavaConfig(vision_config=TINY.vision_config, text_config=TINY.text_config, pool=2,
-                    pool_mode="unshuffle")
-    ).eval()  # fmt: skip
+        dataclasses.replace(tiny.LLAVA, pool_mode="unshuffle")
+    ).eval()
     cat.vision_tower.load_state_dict(avg.vision_tower.state_dict())
-    D, g = TINY.vision_config.vision_width, 32 // 4  # 8×8 patches, pooled 2×2 -> 4×4 tokens
+    D, g = tiny.LLAVA.vision_config.vision_width, 32 // 4  # 8×8 patches, pooled 2×2 -> 4×4 tokens
     with torch.no_grad():
         z = avg.vision_tower.encode_image_features(images, -2)  # (B, 64, D), row-major
     grid = z.view(len(images), g, g, D)
@@ -146,10 +133,10 @@ def test_pool_modes_average_or_concatenate_neighbouring_patches(data):
         LlavaForConditionalGeneration(LlavaConfig(pool=3))
 
 
-def test_processor_expands_image_and_labels_only_answers(tiny, data):
+def test_processor_expands_image_and_labels_only_answers(tiny_llava, data):
     images, _ = data
-    proc = tiny.processor
-    n = TINY.num_image_tokens
+    proc = tiny_llava.processor
+    n = tiny.LLAVA.num_image_tokens
     inputs = proc(["<bos> user: <image> what color is the circle? assistant:"], images[:1])
     assert int((inputs["input_ids"] == TOKENIZER.image_token_id).sum()) == n
     ids, labels = proc.conversation([("how many shapes are there?", "two"), ("and red?", "one")])
@@ -170,36 +157,38 @@ def test_processor_expands_image_and_labels_only_answers(tiny, data):
         ("<image>", "empty"),
     ],
 )
-def test_generate_rejects_bad_prompts(tiny, data, prompt, words):
+def test_generate_rejects_bad_prompts(tiny_llava, data, prompt, words):
     with pytest.raises(ValueError, match=words):
-        tiny.generate(data[0][:1], [prompt])
+        tiny_llava.generate(data[0][:1], [prompt])
 
 
-def test_generate_rejects_bad_images_and_lengths(tiny, data):
+def test_generate_rejects_bad_images_and_lengths(tiny_llava, data):
     images, _ = data
     with pytest.raises(ValueError, match="32×32"):
-        tiny.generate(torch.zeros(1, 3, 16, 16, dtype=torch.uint8), ["<image> what?"])
+        tiny_llava.generate(torch.zeros(1, 3, 16, 16, dtype=torch.uint8), ["<image> what?"])
     with pytest.raises(ValueError, match="one image per prompt"):
-        tiny.generate(images[:2], ["<image> what?"])
+        tiny_llava.generate(images[:2], ["<image> what?"])
     with pytest.raises(ValueError, match="max_new_tokens"):
-        tiny.generate(images[:1], ["<image> what?"], max_new_tokens=0)
+        tiny_llava.generate(images[:1], ["<image> what?"], max_new_tokens=0)
     with pytest.raises(ValueError, match="labels must have the shape"):
-        tiny(torch.tensor([[5, 6]]), labels=torch.tensor([[5]]))
+        tiny_llava(torch.tensor([[5, 6]]), labels=torch.tensor([[5]]))
     with pytest.raises(TypeError, match="input_ids"):
-        tiny([[5, 6]])
+        tiny_llava([[5, 6]])
     with pytest.raises(ValueError, match="<image> tokens but no pixel_values"):
-        tiny(torch.tensor([[TOKENIZER.image_token_id, 5]]))
+        tiny_llava(torch.tensor([[TOKENIZER.image_token_id, 5]]))
 
 
-def test_image_reaches_the_loss_only_through_the_projector(tiny, data):
+def test_image_reaches_the_loss_only_through_the_projector(tiny_llava, data):
     images, scenes = data
-    batch = tiny.processor.training_batch([[("what is it?", s["caption"])] for s in scenes[:2]])
-    tiny.language_model.requires_grad_(False)  # stage 1: the projector alone trains
-    loss = tiny(**batch, pixel_values=images[:2]).loss
-    other = tiny(**batch, pixel_values=images[2:4]).loss
+    batch = tiny_llava.processor.training_batch(
+        [[("what is it?", s["caption"])] for s in scenes[:2]]
+    )
+    tiny_llava.language_model.requires_grad_(False)  # stage 1: the projector alone trains
+    loss = tiny_llava(**batch, pixel_values=images[:2]).loss
+    other = tiny_llava(**batch, pixel_values=images[2:4]).loss
     assert loss.item() != other.item()  # the answer's likelihood depends on the image
     loss.backward()
-    assert tiny.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in tiny.language_model.parameters())
-    tiny.zero_grad(set_to_none=True)
-    tiny.language_model.requires_grad_(True)
+    assert tiny_llava.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tiny_llava.language_model.parameters())
+    tiny_llava.zero_grad(set_to_none=True)
+    tiny_llava.language_model.requires_grad_(True)

@@ -3,6 +3,7 @@ diffusers' schedulers in their place; DALL-E's sampling with the KV cache agains
 and their entry-point checks."""
 
 import pytest
+import tiny
 import torch
 
 import minimodels
@@ -23,12 +24,10 @@ from minimodels.pipelines import (
 from minimodels.text import Tokenizer
 from minimodels.unet import UNet2DModel, UNetConfig
 
-TINY = dict(sample_size=16, block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=8)
-
 
 def _unet(seed: int, **kwargs) -> UNet2DModel:
     torch.manual_seed(seed)
-    m = UNet2DModel(UNetConfig(**{**TINY, **kwargs})).eval()
+    m = UNet2DModel(UNetConfig(**{**tiny.UNET, **kwargs})).eval()
     for p in m.parameters():  # leave the zero initialisation: ε̂ = 0 would hide the mix
         torch.nn.init.normal_(p, std=0.1)
     return m

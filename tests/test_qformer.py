@@ -3,15 +3,10 @@
 import copy
 
 import pytest
+import tiny
 import torch
 
-from minimodels.gpt import GPT, GPTConfig
 from minimodels.qformer import Blip2, QFormer, QFormerConfig
-
-
-def tiny_lm(seed=0):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(n_embd=32, n_layer=2, n_head=4, n_positions=32)).eval()
 
 
 def config(**kw):
@@ -34,7 +29,7 @@ def test_queries_read_the_image_whatever_its_size():
 
 
 def test_blip2_trains_only_the_bridge_and_learns_a_toy_task():
-    lm = tiny_lm()
+    lm = tiny.lm()
     reference = copy.deepcopy(lm)
     model = Blip2(lm, config())
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
@@ -74,7 +69,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="3 dimensions"):
         qformer(torch.randn(5, 16))
     with pytest.raises(ValueError, match="lm_dim must equal the LM's width 32"):
-        Blip2(tiny_lm(), config(lm_dim=64))
-    model = Blip2(tiny_lm(), config())
+        Blip2(tiny.lm(), config(lm_dim=64))
+    model = Blip2(tiny.lm(), config())
     with pytest.raises(ValueError, match="one row per image"):
         model(torch.randn(2, 5, 16), torch.tensor([[5, 6]]))

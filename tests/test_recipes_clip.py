@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jupytext
 import pytest
+import tiny
 import torch
 
 from minimodels import shapeworld as sw
@@ -19,9 +20,6 @@ from minimodels.recipes.clip import (
     training_batch,
 )
 from minimodels.text import Tokenizer
-
-TINY = CLIPConfig(vision_width=32, vision_layers=2, text_width=32, text_layers=1, embed_dim=16)
-
 
 # ---- training --------------------------------------------------------------------------------
 
@@ -37,7 +35,7 @@ def test_training_batch_captions():
 
 
 def test_training_loss_clamps_the_temperature_first():
-    m = CLIP(TINY)
+    m = CLIP(tiny.CLIP)
     with torch.no_grad():
         m.logit_scale.fill_(-3.0)
     clip_training_loss(m, training_batch(0, batch_size=4))  # clamps t before each step
@@ -45,7 +43,7 @@ def test_training_loss_clamps_the_temperature_first():
 
 
 def test_tiny_training_run_decreases_the_loss():
-    _, history = train_clip(steps=40, batch_size=32, config=TINY, progress=False)
+    _, history = train_clip(steps=40, batch_size=32, config=tiny.CLIP, progress=False)
     start, end = sum(history[:5]) / 5, sum(history[-5:]) / 5
     assert start > math.log(32) - 0.3  # no better than chance at the start
     assert end < start - 0.5, history

@@ -4,6 +4,7 @@ three evaluations."""
 import inspect
 
 import pytest
+import tiny
 import torch
 
 import minimodels
@@ -11,8 +12,6 @@ from minimodels.pipelines import DDPMPipeline, TextToImagePipeline
 from minimodels.recipes import ddpm as recipe
 from minimodels.train import seed_everything
 from minimodels.unet import UNet2DModel, UNetConfig
-
-TINY = dict(sample_size=16, block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=8)
 
 
 def test_training_batch_is_fresh_in_range_and_repeatable():
@@ -40,7 +39,7 @@ def test_autoguidance_setting_is_what_the_pipeline_takes():
 
 
 def test_train_unet_lowers_the_loss():
-    config = UNetConfig(beta_schedule="cosine", **TINY)
+    config = UNetConfig(beta_schedule="cosine", **tiny.UNET)
     model, history = recipe.train_unet(steps=40, batch_size=8, seed=0, lr=3e-3, config=config,
                                        snr_gamma=5.0, progress=False, device="cpu")  # fmt: skip
     assert isinstance(model, UNet2DModel) and not model.training and len(history) == 40
@@ -49,7 +48,7 @@ def test_train_unet_lowers_the_loss():
 
 
 def test_train_unet_with_text_trains_the_cross_attention():
-    config = UNetConfig(cross_attention_dim=64, **TINY)
+    config = UNetConfig(cross_attention_dim=64, **tiny.UNET)
     model, history = recipe.train_unet(steps=3, batch_size=4, seed=0, config=config, text=True,
                                        progress=False, device="cpu")  # fmt: skip
     assert len(history) == 3 and model.config.cross_attention_dim == 64
@@ -59,8 +58,8 @@ def test_train_unet_with_text_trains_the_cross_attention():
     moved = model.mid_attn.attn2.k_proj.weight - initial.mid_attn.attn2.k_proj.weight
     assert moved.abs().max() > 0  # the keys read the prompt's features: they were trained
     with pytest.raises(ValueError, match="cross_attention_dim=64"):
-        recipe.train_unet(steps=1, config=UNetConfig(cross_attention_dim=32, **TINY), text=True,
-                          progress=False)  # fmt: skip
+        config = UNetConfig(cross_attention_dim=32, **tiny.UNET)
+        recipe.train_unet(steps=1, config=config, text=True, progress=False)
 
 
 def test_shipped_pipelines_load():

@@ -4,15 +4,14 @@ without the image."""
 
 import numpy as np
 import pytest
+import tiny
 import torch
 
 import minimodels
 from minimodels import shapeworld as sw
-from minimodels.clip import CLIPConfig
 from minimodels.data import instructions
 from minimodels.data.images import to_tensor
-from minimodels.gpt import GPTConfig
-from minimodels.llava import TOKENIZER, LlavaConfig, LlavaForConditionalGeneration
+from minimodels.llava import TOKENIZER
 from minimodels.recipes.llava import (
     STAGE2_MIX,
     FeatureBank,
@@ -28,45 +27,31 @@ from minimodels.recipes.llava import (
     vqa_accuracy,
 )
 
-TINY = LlavaConfig(
-    vision_config=CLIPConfig(patch_size=4, vision_width=16, vision_layers=2, text_width=16,
-                             text_layers=1, embed_dim=16),
-    text_config=GPTConfig(n_embd=32, n_layer=1, n_head=4),
-    pool=2,
-)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return LlavaForConditionalGeneration(TINY).eval()
-
-
 # ---- training ------------------------------------------------------------------------------
 
 
-def test_stages_train_the_right_parameters(tiny):
-    proj = sum(p.numel() for p in tiny.multi_modal_projector.parameters())
-    lm = sum(p.numel() for p in tiny.language_model.parameters())
-    set_stage(tiny, 1)
-    assert count_trainable(tiny) == proj
-    set_stage(tiny, 2)
-    assert count_trainable(tiny) == proj + lm
-    assert not any(p.requires_grad for p in tiny.vision_tower.parameters())
+def test_stages_train_the_right_parameters(tiny_llava):
+    proj = sum(p.numel() for p in tiny_llava.multi_modal_projector.parameters())
+    lm = sum(p.numel() for p in tiny_llava.language_model.parameters())
+    set_stage(tiny_llava, 1)
+    assert count_trainable(tiny_llava) == proj
+    set_stage(tiny_llava, 2)
+    assert count_trainable(tiny_llava) == proj + lm
+    assert not any(p.requires_grad for p in tiny_llava.vision_tower.parameters())
     with pytest.raises(ValueError, match="stage must be 1 or 2"):
-        set_stage(tiny, 3)
+        set_stage(tiny_llava, 3)
 
 
-def test_feature_bank_holds_the_frozen_features_of_its_scenes(tiny):
-    bank = FeatureBank(tiny, n=12, seed=1)
+def test_feature_bank_holds_the_frozen_features_of_its_scenes(tiny_llava):
+    bank = FeatureBank(tiny_llava, n=12, seed=1)
     images = to_tensor(sw.render(bank.scenes[:3], 32))
-    torch.testing.assert_close(bank.features[:3], tiny.vision_features(images))
-    batch = bank.batch(tiny, step=0, batch_size=4, make=instructions.stage1_data, seed=1)
+    torch.testing.assert_close(bank.features[:3], tiny_llava.vision_features(images))
+    batch = bank.batch(tiny_llava, step=0, batch_size=4, make=instructions.stage1_data, seed=1)
     n_image = (batch["input_ids"] == TOKENIZER.image_token_id).sum(1)
-    assert (n_image == TINY.num_image_tokens).all()  # one <image> per row, expanded to N
-    assert batch["vision_features"].shape == (4, TINY.num_image_tokens, 16)
-    assert tiny(**batch).loss.isfinite()
-    blind = bank.batch(tiny, 0, 4, instructions.conversation, seed=1, with_image=False)
+    assert (n_image == tiny.LLAVA.num_image_tokens).all()  # one <image> per row, expanded to N
+    assert batch["vision_features"].shape == (4, tiny.LLAVA.num_image_tokens, 16)
+    assert tiny_llava(**batch).loss.isfinite()
+    blind = bank.batch(tiny_llava, 0, 4, instructions.conversation, seed=1, with_image=False)
     assert "vision_features" not in blind and (blind["input_ids"] != TOKENIZER.image_token_id).all()
 
 

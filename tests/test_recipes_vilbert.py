@@ -3,6 +3,7 @@ pairs and scores (shared with ViLT), and the shipped weights' bars."""
 
 import numpy as np
 import pytest
+import tiny
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +22,6 @@ from minimodels.recipes.vilbert import (
     training_batch,
     vilbert_training_loss,
 )
-from minimodels.text import Tokenizer
 from minimodels.vilbert import (
     IGNORE_INDEX,
     ViLBERT,
@@ -31,13 +31,7 @@ from minimodels.vilbert import (
 )
 from minimodels.vilt import ViLT, ViLTConfig, ViLTOutput
 
-TINY = ViLBERTConfig(cnn_channels=16, text_width=32, vision_width=32, num_heads=4, bi_hidden=32)
 TINY_VILT = ViLTConfig(width=32, layers=2, heads=4, patch_size=8)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer()
 
 
 # ---- pre-training targets ----------------------------------------------------------------------
@@ -99,7 +93,7 @@ def test_training_batch_masks_every_pair_but_labels_only_aligned_ones(tok):
 
 def test_tiny_training_run_decreases_the_loss():
     torch.manual_seed(0)
-    m = ViLBERT(TINY)
+    m = ViLBERT(tiny.VILBERT)
     batch = training_batch(0, batch_size=32, seed=0, vqa=True)
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     first = {k: v.item() for k, v in pretraining_losses(m, batch).items()}
@@ -135,10 +129,10 @@ def test_itm_pairs_are_deterministic_and_negatives_differ():
 
 def test_itm_scores_are_the_forward_passes_log_odds(tok):
     torch.manual_seed(0)
-    vilbert, vilt = ViLBERT(TINY).eval(), ViLT(TINY_VILT).eval()
+    vilbert, vilt = ViLBERT(tiny.VILBERT).eval(), ViLT(TINY_VILT).eval()
     data = itm_pairs(seed=0, n=6)
     images, scenes, caps = data["images"], data["scenes"], data["positive"]
-    r = regions_from_scenes(scenes, TINY.max_regions)
+    r = regions_from_scenes(scenes, tiny.VILBERT.max_regions)
     with torch.no_grad():
         direct = vilbert(tok(caps, max_length=40), images, r["boxes"], region_mask=r["region_mask"])
         direct_vilt = vilt(tok(caps, max_length=40), images)

@@ -3,18 +3,17 @@ ViLBERT's evaluation uses (so the two are comparable)."""
 
 import numpy as np
 import pytest
+import tiny
 import torch
 
 from minimodels.recipes.vilbert import evaluate_vilbert, load_vilbert, training_batch
 from minimodels.recipes.vilt import evaluate_vilt, load_vilt, train_vilt, vilt_training_loss
-from minimodels.vilt import ViLT, ViLTConfig
-
-TINY_VILT = ViLTConfig(width=32, layers=2, heads=4, patch_size=8)
+from minimodels.vilt import ViLT
 
 
 def test_vilt_training_loss_is_alignment_plus_masked_words():
     torch.manual_seed(0)
-    m = ViLT(TINY_VILT).eval()
+    m = ViLT(tiny.VILT).eval()
     batch = training_batch(0, batch_size=8, seed=0)
     loss = vilt_training_loss(m, batch)
     assert torch.isfinite(loss)
@@ -24,7 +23,7 @@ def test_vilt_training_loss_is_alignment_plus_masked_words():
 
 
 def test_tiny_training_run_decreases_the_loss():
-    model, history = train_vilt(steps=30, batch_size=16, config=TINY_VILT, progress=False,
+    model, history = train_vilt(steps=30, batch_size=16, config=tiny.VILT, progress=False,
                                 device="cpu")  # fmt: skip
     assert len(history) == 30 and not model.training
     assert np.mean(history[-5:]) < np.mean(history[:5]), history

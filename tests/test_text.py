@@ -13,11 +13,6 @@ from minimodels.text import SPECIAL_TOKENS, Tokenizer, split_words
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return Tokenizer()
-
-
-@pytest.fixture(scope="module")
 def shapeworld_texts():
     texts = []
     for sc in sw.sample_scenes("train", 150, seed=0) + sw.sample_scenes("heldout", 50, seed=0):

@@ -1,16 +1,15 @@
 """The U-Net: shapes, time-step and text conditioning, padding, and its entry-point checks."""
 
 import pytest
+import tiny
 import torch
 
 from minimodels.unet import AttentionBlock2D, ResnetBlock2D, UNet2DModel, UNetConfig
 
-TINY = dict(sample_size=16, block_out_channels=(8, 16), attention_head_dim=8, norm_num_groups=4)
-
 
 def _randomised(**kwargs) -> UNet2DModel:
     torch.manual_seed(0)
-    m = UNet2DModel(UNetConfig(**{**TINY, **kwargs})).eval()
+    m = UNet2DModel(UNetConfig(**{**tiny.UNET, **kwargs})).eval()
     for p in m.parameters():  # leave the zero initialisation so every path matters
         torch.nn.init.normal_(p, std=0.2)
     return m
@@ -36,7 +35,7 @@ def test_unet_shapes_time_and_text_conditioning():
 
 
 def test_a_fresh_unet_predicts_zero_noise_and_blocks_start_as_identity():
-    m = UNet2DModel(UNetConfig(**TINY))
+    m = UNet2DModel(UNetConfig(**tiny.UNET))
     assert torch.count_nonzero(m(torch.randn(2, 3, 16, 16), 5)) == 0  # conv_out starts at 0
     block = ResnetBlock2D(8, 8, temb_dim=32, groups=4)
     x = torch.randn(2, 8, 6, 6)
@@ -80,7 +79,7 @@ def test_structural_config_errors_are_caught_when_the_model_is_built():
         UNet2DModel(UNetConfig(sample_size=10, block_out_channels=(8, 16, 32), norm_num_groups=4,
                                attention_head_dim=8))  # fmt: skip
     with pytest.raises(ValueError, match="norm_num_groups"):
-        UNet2DModel(UNetConfig(**{**TINY, "norm_num_groups": 3}))
+        UNet2DModel(UNetConfig(**{**tiny.UNET, "norm_num_groups": 3}))
     with pytest.raises(TypeError, match="config must be a UNetConfig"):
         UNet2DModel({"sample_size": 16})
     # a config read back from JSON holds lists; the model sees tuples

@@ -2,13 +2,12 @@
 Pre-training targets, batches, training and the shipped weights: tests/test_recipes_vilbert.py."""
 
 import pytest
+import tiny
 import torch
 
 from minimodels import shapeworld as sw
 from minimodels.checkpoint import load_model, save_model
-from minimodels.data.images import to_tensor
 from minimodels.layers import MultiHeadAttention, TransformerBlock
-from minimodels.text import Tokenizer
 from minimodels.vilbert import (
     IGNORE_INDEX,
     REGION_CLASSES,
@@ -20,31 +19,18 @@ from minimodels.vilbert import (
     spatial_encoding,
 )
 
-TINY = ViLBERTConfig(cnn_channels=16, text_width=32, vision_width=32, num_heads=4, bi_hidden=32)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer()
-
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return ViLBERT(TINY).eval()
-
-
-@pytest.fixture(scope="module")
-def data():
-    images, scenes = sw.generate("test", 4, seed=1)
-    return to_tensor(images), scenes
+    return ViLBERT(tiny.VILBERT).eval()
 
 
 # ---- regions -----------------------------------------------------------------------------------
 
 
-def test_regions_from_scenes_puts_img_first_and_pads(data):
-    _, scenes = data
+def test_regions_from_scenes_puts_img_first_and_pads(test_data):
+    _, scenes = test_data
     r = regions_from_scenes(scenes)
     R = 1 + max(len(s["objects"]) for s in scenes)
     assert r["boxes"].shape == (4, R, 4) and r["region_mask"].shape == (4, R)
@@ -65,8 +51,8 @@ def test_spatial_encoding_is_normalised_corners_and_area():
     torch.testing.assert_close(enc[0, 1], torch.tensor([0.25, 0.125, 0.5, 0.625, 8 * 16 / 1024]))
 
 
-def test_region_features_are_box_means_of_the_feature_map(model, data):
-    images, scenes = data
+def test_region_features_are_box_means_of_the_feature_map(model, test_data):
+    images, scenes = test_data
     r = regions_from_scenes(scenes)
     x = images.float() / 255
     enc = model.region_encoder
@@ -91,15 +77,15 @@ def _forward(model, tok, images, scenes, captions=None, **kw):
     return model(tok(captions), images, r["boxes"], region_mask=r["region_mask"], **kw)
 
 
-def test_forward_shapes_and_attention_maps(model, tok, data):
-    images, scenes = data
+def test_forward_shapes_and_attention_maps(model, tok, test_data):
+    images, scenes = test_data
     out = _forward(model, tok, images, scenes, output_attentions=True)
     L = tok([s["caption"] for s in scenes])["input_ids"].shape[1]
     R = 1 + max(len(s["objects"]) for s in scenes)
     assert out.text_hidden.shape == (4, L, 32) and out.region_hidden.shape == (4, R, 32)
     assert out.mlm_logits.shape == (4, L, len(tok)) and out.mrm_logits.shape == (4, R, 30)
     assert out.itm_logits.shape == (4, 2) and out.vqa_logits.shape == (4, len(sw.ANSWERS))
-    assert len(out.attentions) == TINY.co_layers
+    assert len(out.attentions) == tiny.VILBERT.co_layers
     w = out.attentions[0]
     assert w["text_to_region"].shape == (4, 4, L, R) and w["region_to_text"].shape == (4, 4, R, L)
     region_mask = regions_from_scenes(scenes)["region_mask"]
@@ -113,8 +99,8 @@ def test_forward_shapes_and_attention_maps(model, tok, data):
     torch.testing.assert_close(out.itm_score(), out.itm_logits[:, 1] - out.itm_logits[:, 0])
 
 
-def test_padding_regions_and_words_change_nothing(model, tok, data):
-    images, scenes = data
+def test_padding_regions_and_words_change_nothing(model, tok, test_data):
+    images, scenes = test_data
     one = [scenes[0]]
     r = regions_from_scenes(one)
     alone = model(tok([one[0]["caption"]]), images[:1], r["boxes"], region_mask=r["region_mask"])
@@ -132,8 +118,8 @@ def test_padding_regions_and_words_change_nothing(model, tok, data):
     )
 
 
-def test_co_attention_exchanges_information_both_ways(model, tok, data):
-    images, scenes = data
+def test_co_attention_exchanges_information_both_ways(model, tok, test_data):
+    images, scenes = test_data
     base = _forward(model, tok, images, scenes)
     other_images = _forward(
         model, tok, images.flip(0), scenes[::-1], [s["caption"] for s in scenes]
@@ -160,8 +146,8 @@ def test_co_attention_layer_from_layers_pieces():
     assert w["text_to_region"][..., 2].abs().max() == 0  # the padded region gets no weight
 
 
-def test_masked_regions_keep_only_the_spatial_vector(model, data):
-    images, scenes = data
+def test_masked_regions_keep_only_the_spatial_vector(model, test_data):
+    images, scenes = test_data
     r = regions_from_scenes(scenes)
     masked = torch.zeros_like(r["region_mask"])
     masked[:, 1] = True
@@ -176,8 +162,8 @@ def test_masked_regions_keep_only_the_spatial_vector(model, data):
 # ---- checkpoints -------------------------------------------------------------------------------
 
 
-def test_save_and_load_round_trip(model, tok, data, tmp_path):
-    images, scenes = data
+def test_save_and_load_round_trip(model, tok, test_data, tmp_path):
+    images, scenes = test_data
     save_model(model, tmp_path / "v")
     again = load_model(ViLBERT, tmp_path / "v", device="cpu")
     torch.testing.assert_close(
@@ -189,8 +175,8 @@ def test_save_and_load_round_trip(model, tok, data, tmp_path):
 # ---- bad input ---------------------------------------------------------------------------------
 
 
-def test_bad_regions_raise(model, tok, data):
-    images, scenes = data
+def test_bad_regions_raise(model, tok, test_data):
+    images, scenes = test_data
     r = regions_from_scenes(scenes)
     toks = tok([s["caption"] for s in scenes])
     boxes, mask = r["boxes"], r["region_mask"]
@@ -217,8 +203,8 @@ def test_bad_regions_raise(model, tok, data):
         regions_from_scenes(scenes, max_regions=k)  # no room for [IMG]
 
 
-def test_regions_without_a_mask_are_all_real(model, tok, data):
-    images, scenes = data
+def test_regions_without_a_mask_are_all_real(model, tok, test_data):
+    images, scenes = test_data
     one = [s for s in scenes if len(s["objects"]) == max(len(x["objects"]) for x in scenes)][:1]
     r = regions_from_scenes(one)
     toks, image = tok([one[0]["caption"]]), images[[scenes.index(one[0])]]

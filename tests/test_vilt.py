@@ -2,36 +2,21 @@
 Training and the shipped weights: tests/test_recipes_vilt.py."""
 
 import pytest
+import tiny
 import torch
 
-from minimodels import shapeworld as sw
 from minimodels.checkpoint import load_model, save_model
-from minimodels.data.images import to_tensor
-from minimodels.text import Tokenizer
 from minimodels.vilt import ViLT, ViLTConfig
-
-TINY_VILT = ViLTConfig(width=32, layers=2, heads=4, patch_size=8)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer()
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return ViLT(TINY_VILT).eval()
+    return ViLT(tiny.VILT).eval()
 
 
-@pytest.fixture(scope="module")
-def data():
-    images, scenes = sw.generate("test", 4, seed=1)
-    return to_tensor(images), scenes
-
-
-def test_vilt_single_stream(model, tok, data):
-    images, scenes = data
+def test_vilt_single_stream(model, tok, test_data):
+    images, scenes = test_data
     toks = tok([s["caption"] for s in scenes])
     out = model(toks, images, output_attentions=True)
     L, N = toks["input_ids"].shape[1], (32 // 8) ** 2
@@ -47,9 +32,9 @@ def test_vilt_single_stream(model, tok, data):
     torch.testing.assert_close(out.pooled, torch.tanh(model.pooler(out.hidden[:, 0])))
 
 
-def test_modality_embedding_tells_words_from_patches(model, tok, data):
+def test_modality_embedding_tells_words_from_patches(model, tok, test_data):
     """z = [words; patches] + modality: the first layer's input is exactly that sum."""
-    images, scenes = data
+    images, scenes = test_data
     toks = tok([scenes[0]["caption"]])
     ids, L = toks["input_ids"], toks["input_ids"].shape[1]
     words = model.token_embedding(ids) + model.position_embedding[:L]
@@ -62,37 +47,37 @@ def test_modality_embedding_tells_words_from_patches(model, tok, data):
     torch.testing.assert_close(seen["z"][:, L:], patches + model.modality_embedding.weight[1])
 
 
-def test_padding_words_change_nothing(model, tok, data):
-    images, scenes = data
+def test_padding_words_change_nothing(model, tok, test_data):
+    images, scenes = test_data
     alone = model(tok([scenes[0]["caption"]]), images[:1])
     padded = tok([scenes[0]["caption"], "a red circle " * 8])  # row 0 padded
     out = model({k: v[:1] for k, v in padded.items()}, images[:1])
     torch.testing.assert_close(out.itm_logits, alone.itm_logits, rtol=1e-5, atol=1e-5)
 
 
-def test_uint8_and_float_images_agree(model, tok, data):
-    images, scenes = data
+def test_uint8_and_float_images_agree(model, tok, test_data):
+    images, scenes = test_data
     toks = tok([s["caption"] for s in scenes])
     torch.testing.assert_close(model(toks, images).itm_logits, model(toks, images / 255).itm_logits)
 
 
-def test_save_and_load_round_trip(model, tok, data, tmp_path):
-    images, scenes = data
+def test_save_and_load_round_trip(model, tok, test_data, tmp_path):
+    images, scenes = test_data
     toks = tok([s["caption"] for s in scenes])
     save_model(model, tmp_path / "vilt")
     again = load_model(ViLT, tmp_path / "vilt", device="cpu")
     torch.testing.assert_close(again(toks, images).itm_logits, model(toks, images).itm_logits)
 
 
-def test_bad_input_raises(model, tok, data):
-    images, scenes = data
+def test_bad_input_raises(model, tok, test_data):
+    images, scenes = test_data
     toks = tok([s["caption"] for s in scenes])
     with pytest.raises(ValueError, match="batch size"):
         model(toks, images[:2])
     with pytest.raises(ValueError, match="32×32"):
         model(toks, images[..., :28, :28])
     with pytest.raises(ValueError, match="vocab_size"):
-        model(torch.tensor([[2, TINY_VILT.vocab_size]] * 4), images)
+        model(torch.tensor([[2, tiny.VILT.vocab_size]] * 4), images)
     with pytest.raises(ValueError, match="attention_mask must have the shape"):
         model(toks["input_ids"], images, attention_mask=toks["attention_mask"][:, :-1])
 

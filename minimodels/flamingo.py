@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from minimodels.checks import check_finite, check_instance, check_tensor
-from minimodels.frozen import freeze, lm_width
+from minimodels.checks import check_finite, check_tensor
+from minimodels.frozen import config_for, freeze
 from minimodels.layers import MultiHeadAttention
 
 
@@ -194,11 +194,8 @@ class Flamingo(nn.Module):
         decoder_layers_attr_name: str | None = None,
     ):
         super().__init__()
-        C = lm_width(check_instance(lm, nn.Module, "lm"))
-        config = FlamingoConfig(lm_dim=C) if config is None else config
-        if check_instance(config, FlamingoConfig, "config").lm_dim != C:
-            raise ValueError(f"config.lm_dim must equal the LM's width {C}; got {config.lm_dim}")
-        self.config = c = config
+        self.config = c = config_for(lm, config, FlamingoConfig)
+        C = c.lm_dim
         self.lm = freeze(lm)  # every weight of the LM stays as it was
         self.decoder_layers_attr_name, blocks = find_decoder_layers(lm, decoder_layers_attr_name)
         ref = lm.get_input_embeddings().weight

@@ -42,6 +42,16 @@ def lm_width(lm: nn.Module) -> int:
     return get().embedding_dim
 
 
+def config_for(lm: nn.Module, config, config_class):
+    """The config of a model built around `lm`: `config` (its lm_dim must be the LM's width C),
+    or by default `config_class(lm_dim=C)`. Frozen, Flamingo and BLIP-2 share this."""
+    C = lm_width(check_instance(lm, nn.Module, "lm"))
+    config = config_class(lm_dim=C) if config is None else config
+    if check_instance(config, config_class, "config").lm_dim != C:
+        raise ValueError(f"config.lm_dim must equal the LM's width {C}; got {config.lm_dim}")
+    return config
+
+
 def freeze(module: nn.Module) -> nn.Module:
     """Switch off gradients for every parameter of `module` (and return it)."""
     for p in module.parameters():
@@ -134,11 +144,7 @@ class Frozen(nn.Module):
 
     def __init__(self, lm: nn.Module, config: FrozenConfig | None = None):
         super().__init__()
-        C = lm_width(check_instance(lm, nn.Module, "lm"))
-        config = FrozenConfig(lm_dim=C) if config is None else config
-        if check_instance(config, FrozenConfig, "config").lm_dim != C:
-            raise ValueError(f"config.lm_dim must equal the LM's width {C}; got {config.lm_dim}")
-        self.config = config
+        self.config = config = config_for(lm, config, FrozenConfig)
         self.lm = freeze(lm)
         self.vision_encoder = FrozenVisionEncoder(config).to(lm.get_input_embeddings().weight)
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from minimodels.checks import check_finite, check_instance, check_tensor
-from minimodels.frozen import freeze, lm_width, prefix_forward
+from minimodels.frozen import config_for, freeze, prefix_forward
 from minimodels.layers import TransformerBlock
 
 
@@ -109,11 +109,8 @@ class Blip2(nn.Module):
 
     def __init__(self, lm: nn.Module, config: QFormerConfig | None = None):
         super().__init__()
-        C = lm_width(check_instance(lm, nn.Module, "lm"))
-        config = QFormerConfig(lm_dim=C) if config is None else config
-        if check_instance(config, QFormerConfig, "config").lm_dim != C:
-            raise ValueError(f"config.lm_dim must equal the LM's width {C}; got {config.lm_dim}")
-        self.config = config
+        self.config = config = config_for(lm, config, QFormerConfig)
+        C = config.lm_dim
         self.lm = freeze(lm)
         ref = lm.get_input_embeddings().weight
         self.qformer = QFormer(config).to(ref)

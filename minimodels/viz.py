@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import display
 
 
 def to_numpy_images(images) -> np.ndarray:
@@ -148,3 +149,18 @@ def loss_curve(history, title: str = "training loss", smooth: int = 10, ax=None,
         ax.legend()
     fig.tight_layout()
     return fig
+
+
+GLUE_PREFIX = "application/papermill.record/"  # where myst-nb looks for glued values
+
+
+def glue(name: str, value) -> None:
+    """Hand a value computed in a notebook to the book's prose, where {glue:text}`name:.2f` shows it.
+
+    Writes what ``myst_nb.glue(name, value, display=False)`` writes, without importing myst-nb
+    (seconds to import, and not installed on Colab). In a notebook the cell shows nothing.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty string; got {name!r}")
+    metadata = {"scrapbook": {"name": name, "mime_prefix": GLUE_PREFIX}}
+    display({GLUE_PREFIX + "text/plain": repr(value)}, raw=True, metadata=metadata)

@@ -26,3 +26,28 @@ def test_viz_functions_return_figures():
         viz.heatmap(np.zeros(3))
     with pytest.raises(ValueError, match="NaN"):
         viz.show_images(np.full((1, 8, 8, 3), np.nan))
+
+
+def test_glue_writes_what_myst_nb_reads(monkeypatch):
+    shown = []
+    monkeypatch.setattr(viz, "display", lambda data, **kw: shown.append((data, kw)))
+    viz.glue("acc", 0.875)
+    ((data, kw),) = shown
+    assert data == {"application/papermill.record/text/plain": "0.875"}
+    assert kw["raw"] is True
+    assert kw["metadata"]["scrapbook"] == {"name": "acc", "mime_prefix": viz.GLUE_PREFIX}
+    with pytest.raises(TypeError, match="name"):
+        viz.glue("", 1.0)
+
+
+def test_glue_matches_myst_nb(monkeypatch):
+    glue_module = pytest.importorskip("myst_nb.ext.glue")
+    ours, theirs = [], []
+    monkeypatch.setattr(viz, "display", lambda data, **kw: ours.append((data, kw["metadata"])))
+    monkeypatch.setattr(
+        glue_module, "ipy_display", lambda data, **kw: theirs.append((data, kw["metadata"]))
+    )
+    for value in (0.875, 3, "1/16"):
+        viz.glue("x", value)
+        glue_module.glue("x", value, display=False)
+    assert ours == theirs

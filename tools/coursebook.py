@@ -138,6 +138,12 @@ def structural_config(out: Path, root: Path = ROOT) -> None:
 
     config = yaml.safe_load((root / CONFIG).read_text(encoding="utf-8"))
     config.setdefault("execute", {})["execute_notebooks"] = "off"
+    # Unexecuted notebooks hold no glued values: their {glue} references are expected to dangle.
+    sphinx_config = config.setdefault("sphinx", {}).setdefault("config", {})
+    sphinx_config["suppress_warnings"] = [
+        *sphinx_config.get("suppress_warnings", []),
+        "mystnb.glue",
+    ]
     extensions = config.get("sphinx", {}).get("local_extensions", {})
     for name, path in extensions.items():  # relative to the config file, which moves to `out`
         extensions[name] = str((root / path).resolve())

@@ -11,7 +11,7 @@ Three ways to make the discrete step trainable are implemented (`DVAEConfig.quan
 
 * ``"gumbel"`` (DALL-E): Gumbel-softmax relaxation. The decoder receives the soft mixture
   Σ_j y_j e_j with y = softmax((logits + g) / τ), g ~ Gumbel(0, 1), τ annealed from 1 to 1/16,
-  and the loss is the ELBO: reconstruction + β · KL(q(z|x) ‖ uniform).
+  and the loss is the negative ELBO: reconstruction + β · KL(q(z|x) ‖ uniform) (`kl_to_uniform`).
 * ``"straight_through"``: the same noise, but the forward pass uses the hard one-hot code and the
   gradient flows through the soft y (``hard=True`` in ``torch.nn.functional.gumbel_softmax``).
 * ``"vq"`` (VQ-VAE): the encoder outputs a vector E(x) per cell and the code is the nearest
@@ -97,6 +97,19 @@ def nearest_code(z_e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     # ‖z − e‖² = ‖z‖² − 2 z·e + ‖e‖²   (N, K)
     dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.T + codebook.pow(2).sum(1)
     return dist.argmin(1).view(z_e.shape[:-1])
+
+
+def kl_to_uniform(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """KL(q ‖ p) in nats of q = softmax(logits) along `dim` to the uniform prior p_k = 1/K.
+
+    KL = Σ_k q_k log(q_k / (1/K)) = Σ_k q_k log(q_k · K) = log K − H(q): 0 when q is uniform,
+    log K when q is one-hot. One value per distribution: the dVAE's logits (B, K, h, w) give
+    (B, h, w), the KL of each grid cell (the ELBO's KL term is their sum over the grid).
+    """
+    check_tensor(logits, "logits", floating=True)
+    check_int(dim, "dim", -logits.ndim, logits.ndim - 1)
+    log_q = F.log_softmax(logits, dim=dim)  # log q_k
+    return (log_q.exp() * (log_q + math.log(logits.shape[dim]))).sum(dim)  # Σ_k q_k log(q_k·K)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,7 +246,10 @@ class DVAE(nn.Module):
 
         gumbel / straight_through: the negative ELBO, ‖x − D(Σ_j y_j e_j)‖² + β·KL(q ‖ U(K)),
         plus `diversity` · KL(q̄ ‖ U(K)) where q̄ is q averaged over the batch and the cells
-        (keeps every code in use, as wav2vec 2.0's diversity loss does).
+        (keeps every code in use, as wav2vec 2.0's diversity loss does). Both ELBO terms are
+        means, the squared error over the D pixel values and the KL over the N cells: up to a
+        constant, this is 2σ²/D times the negative ELBO of a Gaussian decoder N(x̂, σ²) with
+        β = 2σ²N/D (β = 0, as shipped, is the limit σ → 0: a plain autoencoder's objective).
         vq: ‖x − D(e_k)‖² + ‖sg[E(x)] − e_k‖² + commit·‖E(x) − sg[e_k]‖².
         """
         K = self.config.codebook_size
@@ -256,10 +272,8 @@ class DVAE(nn.Module):
         logits = feats  # (B, K, h, w)
         y = gumbel_softmax(logits, tau, hard=self.config.quantizer == "straight_through", dim=1)
         rec = F.mse_loss(self.decode_soft(y), x)  # ‖x − D(Σ_j y_j e_j)‖²
-        log_q = F.log_softmax(logits, dim=1)  # log q(z | x) per cell
-        # KL(q ‖ U) = Σ_j q_j log(q_j · K), averaged over cells
-        kl = (log_q.exp() * (log_q + math.log(K))).sum(1).mean()
-        q_bar = log_q.exp().mean((0, 2, 3))  # (K,) average use of each code
+        kl = kl_to_uniform(logits).mean()  # KL(q(z | x) ‖ U) of each cell, averaged over cells
+        q_bar = F.log_softmax(logits, dim=1).exp().mean((0, 2, 3))  # (K,) average use of each code
         kl_bar = (q_bar * (q_bar.clamp_min(1e-10).log() + math.log(K))).sum()
         return {
             "loss": rec + beta * kl + diversity * kl_bar,

@@ -1,13 +1,23 @@
 """The dVAE (minimodels/dvae.py): Gumbel-softmax, nearest-code quantisation, encode / decode and
 the loss terms of each quantiser, the entry checks."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.distributions import Categorical, kl_divergence
 
 from minimodels import dalle
 from minimodels import shapeworld as sw
-from minimodels.dvae import DVAE, QUANTIZERS, DVAEConfig, gumbel_softmax, nearest_code
+from minimodels.dvae import (
+    DVAE,
+    QUANTIZERS,
+    DVAEConfig,
+    gumbel_softmax,
+    kl_to_uniform,
+    nearest_code,
+)
 
 TINY_DVAE = DVAEConfig(codebook_size=16, code_dim=8, hidden=8)
 
@@ -76,6 +86,34 @@ def test_nearest_code_matches_brute_force():
         nearest_code(torch.randn(3, 4), e)
 
 
+def test_kl_to_uniform_is_torch_distributions_categorical_kl():
+    """KL(q ‖ U(K)) of every cell equals torch.distributions' KL between two Categoricals."""
+    logits = 3 * torch.randn(2, 16, 4, 5, generator=torch.Generator().manual_seed(0))
+    theirs = kl_divergence(
+        Categorical(logits=logits.movedim(1, -1)), Categorical(probs=torch.full((16,), 1 / 16))
+    )  # (2, 4, 5)
+    ours = kl_to_uniform(logits)  # K along dim 1, as the dVAE's encoder gives it
+    assert ours.shape == (2, 4, 5)
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(kl_to_uniform(logits.movedim(1, -1), dim=-1), theirs)
+    q = logits.softmax(1)  # = log K − H(q)
+    torch.testing.assert_close(ours, math.log(16) + (q * q.log()).sum(1))
+
+
+def test_kl_to_uniform_lies_between_0_and_log_k():
+    flat = kl_to_uniform(torch.full((3, 10), 2.5), dim=-1)  # q uniform: the prior itself
+    torch.testing.assert_close(flat, torch.zeros(3))
+    sure = kl_to_uniform(torch.tensor([[50.0, 0, 0, 0, 0, 0, 0, 0]]), dim=-1)  # q one-hot
+    torch.testing.assert_close(sure, torch.tensor([math.log(8)]))
+    kl = kl_to_uniform(10 * torch.randn(500, 32), dim=-1)
+    assert kl.min() >= -1e-6 and kl.max() <= math.log(32) + 1e-6
+    assert kl_to_uniform(torch.randn(2, 5, dtype=torch.float64), dim=-1).dtype == torch.float64
+    with pytest.raises(TypeError, match="floating"):
+        kl_to_uniform(torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="dim"):
+        kl_to_uniform(torch.zeros(2, 3), dim=2)
+
+
 # ---- the dVAE ---------------------------------------------------------------------------------
 
 
@@ -109,6 +147,7 @@ def test_gumbel_loss_is_the_negative_elbo(images):
     q = model.encode_logits(images).softmax(1)  # (B, K, h, w)
     kl = (q * (q * 16).log()).sum(1).mean()
     torch.testing.assert_close(terms["kl"], kl)
+    torch.testing.assert_close(terms["kl"], kl_to_uniform(model.encode_logits(images)).mean())
     q_bar = q.mean((0, 2, 3))
     kl_bar = (q_bar * (q_bar * 16).log()).sum()
     torch.testing.assert_close(terms["loss"], terms["reconstruction"] + 0.3 * kl + 0.2 * kl_bar)

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import minimodels
-from minimodels.dvae import DVAE, DVAEConfig
+from minimodels.dvae import DVAE, DVAEConfig, kl_to_uniform
 from minimodels.recipes.dvae import (
     codebook_perplexity,
     dvae_batch,
     evaluate_dvae,
+    finetune_dvae,
     load_dvae,
     psnr,
     tau_schedule,
@@ -41,6 +42,32 @@ def test_short_dvae_training_lowers_reconstruction_error():
     model, history = train_dvae(steps=40, batch_size=16, config=TINY_DVAE, progress=False)
     assert isinstance(model, DVAE) and not model.training and len(history) == 40
     assert sum(history[-5:]) / 5 < 0.6 * sum(history[:5]) / 5
+
+
+def test_finetuning_with_a_larger_beta_moves_q_towards_the_uniform_prior():
+    """finetune_dvae trains a copy (the model given is left alone); β pulls the KL down, while
+    the reconstruction alone (β = 0, no diversity term) sharpens q(z | x)."""
+    torch.manual_seed(0)
+    model = DVAE(TINY_DVAE)
+    with torch.no_grad():
+        model.encoder[-1].weight *= 10  # logits with some spread to start from
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = dvae_batch(999, batch_size=16, seed=5)
+
+    def kl(m):
+        with torch.no_grad():
+            return kl_to_uniform(m.encode_logits(x)).mean().item()
+
+    free, history = finetune_dvae(model, steps=15, beta=0.0, diversity=0.0)
+    held, _ = finetune_dvae(model, steps=15, beta=1.0, diversity=0.0)
+    assert len(history) == 15 and not free.training and free is not model
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    kls = kl(model), kl(free), kl(held)
+    assert kls[2] < 0.5 * kls[0] < kls[1], kls
+    with pytest.raises(ValueError, match="beta"):
+        finetune_dvae(model, beta=-1.0)
+    with pytest.raises(TypeError, match="DVAE"):
+        finetune_dvae(torch.nn.Linear(2, 2))
 
 
 def test_metrics():

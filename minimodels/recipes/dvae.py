@@ -6,13 +6,14 @@ python -m minimodels.evaluate dvae       # PSNR through hard codes, codebook per
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 import torch.nn.functional as F
 
 from minimodels.checkpoint import load_model, weights_path
-from minimodels.checks import check_int, check_tensor
+from minimodels.checks import check_float, check_instance, check_int, check_tensor
 from minimodels.data.images import to_tensor
 from minimodels.data.shapeworld import generate
 from minimodels.dvae import DVAE, DVAEConfig
@@ -98,6 +99,41 @@ def train_dvae(
     )  # fmt: skip
     model.eval()
     return model, history
+
+
+def finetune_dvae(
+    model: DVAE,
+    steps: int = 30,
+    beta: float = 0.0,
+    tau: float = 1 / 16,
+    diversity: float = 0.05,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    seed: int = 1,
+    progress: bool = False,
+) -> tuple[DVAE, list[float]]:
+    """Train a copy of a trained dVAE for `steps` more steps with KL weight `beta`, at the fixed
+    temperature `tau` (where the shipped recipe's schedule ends) and its diversity weight: the
+    notebook's β trade-off.
+
+    `model` itself is left as it was. Returns the copy (eval mode) and the loss of every step.
+    """
+    check_instance(model, DVAE, "model")
+    steps = check_int(steps, "steps", 1)
+    beta = check_float(beta, "beta", 0.0)
+    tau = check_float(tau, "tau", 0.0, min_inclusive=False)
+    seed_everything(seed)
+    tuned = copy.deepcopy(model).train()
+
+    def loss_fn(m, images):
+        return m.loss(images, tau=tau, beta=beta, diversity=diversity)["loss"]
+
+    history = fit(
+        tuned, loss_fn, lambda step: dvae_batch(step, batch_size, seed), steps=steps, lr=lr,
+        progress=progress, desc=f"dvae fine-tuning (β = {beta:g})",
+    )  # fmt: skip
+    tuned.eval()
+    return tuned, history
 
 
 # ----------------------------------------------------------------------------------------------

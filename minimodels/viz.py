@@ -155,7 +155,7 @@ GLUE_PREFIX = "application/papermill.record/"  # where myst-nb looks for glued v
 
 
 def glue(name: str, value) -> None:
-    """Hand a value computed in a notebook to the book's prose, where {glue:text}`name:.2f` shows it.
+    """Hand a value computed in a notebook to the prose, where {glue:text}`name:.2f` shows it.
 
     Writes what ``myst_nb.glue(name, value, display=False)`` writes, without importing myst-nb
     (seconds to import, and not installed on Colab). In a notebook the cell shows nothing.

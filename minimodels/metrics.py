@@ -1,4 +1,5 @@
-"""Measuring generated images with the judge: a toy FID, shape validity, prompt faithfulness.
+"""Measuring generated images with the judge: a toy FID, shape validity, prompt faithfulness
+and diversity.
 
 The Fréchet Inception Distance compares two sets of images through the features of a trained
 classifier (Inception-v3 for photographs): fit a Gaussian to each set's features and measure
@@ -8,6 +9,8 @@ classifier (Inception-v3 for photographs): fit a Gaussian to each set's features
 Here the classifier is the course's judge, which was trained on ShapeWorld: `fid_toy` uses its
 per-cell hidden features averaged over the 9 grid cells (96 numbers per image). Lower is
 better; `fid_toy` of two independent sets of real images gives the floor set by sampling noise.
+`attribute_diversity` asks how evenly the colours, shapes and positions the judge reads are
+covered: a generator that collapses onto a few modes scores low.
 
 All functions take images as the judge does: uint8 (B, 3, H, W) / (B, H, W, 3) in 0..255 or
 float (B, 3, H, W) in [0, 1] (convert [-1, 1] model outputs with (x + 1) / 2 first); other
@@ -16,6 +19,7 @@ sizes than 32×32 are resized.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -135,3 +139,34 @@ def prompt_faithfulness(images, targets: Sequence[tuple[str, str]], judge=None) 
     got_shape = [SHAPE_CLASSES[i] for i in shape[rows, best].tolist()]
     hits = [(c, s) == tuple(t) for c, s, t in zip(got_color, got_shape, targets, strict=True)]
     return float(np.mean(hits))
+
+
+def _normalised_entropy(labels: Sequence, k: int) -> float:
+    """H(p) / log k of the labels' histogram over k classes: 1 = all k equally often, 0 = one."""
+    counts = torch.tensor(list(Counter(labels).values()), dtype=torch.float64)
+    p = counts / counts.sum()
+    return float((p * (1 / p).log()).sum() / np.log(k))  # H = Σ p log(1/p)
+
+
+def attribute_diversity(images, judge=None) -> dict[str, float | int]:
+    """How evenly a set of images covers the world, as the judge reads it: for the object the
+    judge is surest of in each image, the normalised entropy H / log K of the histogram of its
+    colour (K = 6), its shape (K = 5) and its grid cell (the position, K = 9), and the number
+    of distinct (colour, shape) pairs among the images (of the 30 the judge can read; the
+    training data hold 24, so more than 24 means pairs the data never show).
+
+    Each entropy is 1 when every class is read equally often and 0 when every image shows the
+    same one (a collapsed generator). n images cannot reach 1 for n below K, and rarely do for
+    a few times K either: compare a generator with real images at the same n. Every image
+    counts, readable or not; `valid_shape_rate` says how many the judge reads confidently.
+    """
+    conf, color, shape, _ = cell_confidence(images, judge)
+    cell = conf.argmax(1)  # (B,) the cell the judge is surest of: the object's position
+    rows = torch.arange(len(cell))
+    colors, shapes = color[rows, cell].tolist(), shape[rows, cell].tolist()
+    return {
+        "color_entropy": _normalised_entropy(colors, len(COLOR_CLASSES) - 1),
+        "shape_entropy": _normalised_entropy(shapes, len(SHAPE_CLASSES) - 1),
+        "position_entropy": _normalised_entropy(cell.tolist(), conf.shape[1]),
+        "distinct_pairs": len(set(zip(colors, shapes))),
+    }

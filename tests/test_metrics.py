@@ -1,4 +1,7 @@
-"""minimodels.metrics: the Fréchet distance, and the judge's verdicts on real and noise images."""
+"""minimodels.metrics: the Fréchet distance, the judge's verdicts on real and noise images, and
+the diversity of what it reads."""
+
+import math
 
 import pytest
 import torch
@@ -6,6 +9,7 @@ import torch
 from minimodels import shapeworld as sw
 from minimodels.data.shapeworld import sample_single_objects
 from minimodels.metrics import (
+    attribute_diversity,
     fid_toy,
     frechet_distance,
     prompt_faithfulness,
@@ -53,3 +57,25 @@ def test_valid_shapes_gives_the_verdict_and_the_shape_read_per_image():
         valid_shapes(real, threshold=1.5)
     with pytest.raises(ValueError, match="max_objects"):
         valid_shapes(real, max_objects=0)
+
+
+def test_attribute_diversity_is_one_for_an_even_set_and_zero_for_a_collapsed_one():
+    scenes = sample_single_objects("test", 64, seed=5, image_size=32)
+    real = sw.render(scenes, 32)  # the judge reads every object at its own size
+    pairs = {(s["objects"][0]["color"], s["objects"][0]["shape"]) for s in scenes}
+    even = attribute_diversity(real)
+    assert set(even) == {"color_entropy", "shape_entropy", "position_entropy", "distinct_pairs"}
+    assert even["distinct_pairs"] == len(pairs)
+    assert all(0.9 < even[k] <= 1 for k in ("color_entropy", "shape_entropy", "position_entropy"))
+    collapsed = attribute_diversity(real[[0] * 16])
+    assert collapsed == {"color_entropy": 0.0, "shape_entropy": 0.0, "position_entropy": 0.0,
+                         "distinct_pairs": 1}  # fmt: skip
+    # two images, half and half: H = log 2, over log 6 colours, log 5 shapes, log 9 positions
+    a, b = next((i, j) for i in range(64) for j in range(64)
+                if all(scenes[i]["objects"][0][k] != scenes[j]["objects"][0][k]
+                       for k in ("color", "shape", "position")))  # fmt: skip
+    half = attribute_diversity(real[[a, b] * 4])
+    assert half["color_entropy"] == pytest.approx(math.log(2) / math.log(6))
+    assert half["shape_entropy"] == pytest.approx(math.log(2) / math.log(5))
+    assert half["position_entropy"] == pytest.approx(math.log(2) / math.log(9))
+    assert half["distinct_pairs"] == 2

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from shapeworld_checks import check_scene, spec
 
 from minimodels import shapeworld as sw
+from minimodels.data import world
+from minimodels.data.captions import relation_negative
 
 SIZES_TO_TEST = (16, 32, 64, 128)
 BG = np.array(sw.BACKGROUND, np.uint8)
@@ -391,3 +393,61 @@ def test_sample_single_objects_gives_one_object_of_the_asked_sizes():
     assert {s["objects"][0]["size"] for s in both} == {"small", "large"}
     again = sw.sample_single_objects("test", 50, seed=4, image_size=24)
     assert [s["objects"] for s in again] == [s["objects"] for s in scenes]
+
+
+# ------------------------------------------------------------------------------------------
+# Relation swaps (hard negatives of ViLBERT's alignment)
+# ------------------------------------------------------------------------------------------
+
+
+def relation_clause_holds(scene: dict, caption: str) -> bool:
+    """Read 'a C1 S1 REL a C2 S2 ...' from the caption's words and check it on the grid:
+    true when some C1 S1 object is REL some other C2 S2 object."""
+    head = caption.split(" and ")[0]
+    rel = next(r for r in world.RELATIONS if f" {r} " in head)
+    first, second = (part.split() for part in head.split(f" {rel} "))
+    x_name, y_name = tuple(first[-2:]), tuple(second[-2:])  # (colour, shape)
+    objs = scene["objects"]
+    return any(
+        world.holds(rel, x, y)
+        for x in objs
+        for y in objs
+        if x is not y and (x["color"], x["shape"]) == x_name and (y["color"], y["shape"]) == y_name
+    )
+
+
+def test_relation_negative_swaps_the_objects_and_is_false():
+    scenes = sw.sample_scenes("test", 400, seed=3)
+    made = 0
+    for s in scenes:
+        pair = relation_negative(s)
+        if len(s["objects"]) < 2:
+            assert pair is None
+            continue
+        assert pair is not None  # distinct colour-shape pairs: the swap is always false
+        true, swapped = pair
+        made += 1
+        assert sorted(true.split()) == sorted(swapped.split())  # the same bag of words
+        assert true != swapped
+        assert relation_clause_holds(s, true)  # original true
+        assert not relation_clause_holds(s, swapped)  # swap false
+        a, b = s["objects"][:2]
+        rel = world.relation(a, b)
+        assert swapped.startswith(f"a {b['color']} {b['shape']} {rel} a {a['color']} {a['shape']}")
+    assert made > 100
+
+
+def test_relation_negative_skips_a_swap_that_another_object_makes_true():
+    def obj(color, shape, position):
+        return {"color": color, "shape": shape, "size": "large", "position": position}
+
+    # red circle left of blue square; but the blue square is also left of a second red circle
+    scene = {"objects": [obj("red", "circle", "left"), obj("blue", "square", "center"),
+                         obj("red", "circle", "right")]}  # fmt: skip
+    assert relation_negative(scene) is None
+    one = sw.make_scene([obj("red", "circle", "left")])
+    assert relation_negative(one) is None
+    two = sw.make_scene([obj("red", "circle", "top"), obj("blue", "square", "bottom")])
+    true, swapped = relation_negative(two)
+    assert true == "a red circle above a blue square"
+    assert swapped == "a blue square above a red circle"

@@ -17,6 +17,7 @@ from minimodels.data.world import (
     POSITION_PHRASES,
     SHAPES,
     check_scene,
+    holds,
     noun_phrase,
     relation,
 )
@@ -132,6 +133,40 @@ def hard_negative(scene: dict, template: int, rng: np.random.Generator) -> tuple
             options = [s for s in SHAPES if (o["color"], s) not in present]
             new[i]["shape"] = options[int(rng.integers(len(options)))]
     return describe({**scene, "objects": new}, template=template), kind
+
+
+def relation_negative(scene: dict) -> tuple[str, str] | None:
+    """A relation caption (template 2) and its relation swap: the two related objects exchanged,
+    'a red circle to the left of a blue square' -> 'a blue square to the left of a red circle'.
+
+    Same words, same counts, only their order changed: a bag of words cannot tell them apart.
+    Returns (true caption, swapped caption), or None when the scene has under two objects or
+    the swapped caption is still true (another object of the same colour and shape makes it so).
+    """
+    objects = check_scene(scene)["objects"]
+    if len(objects) < 2:
+        return None
+    a, b = objects[0], objects[1]
+    rel = relation(a, b)
+    if rel is None:
+        return None
+
+    def looks_like(o, p):
+        return (o["color"], o["shape"]) == (p["color"], p["shape"])
+
+    # the swap says "some b-looking object is `rel` some a-looking object": false only if none is
+    if any(
+        holds(rel, x, y)
+        for x in objects
+        for y in objects
+        if x is not y and looks_like(x, b) and looks_like(y, a)
+    ):
+        return None
+    swapped = f"a {noun_phrase(b, False)} {rel} a {noun_phrase(a, False)}"
+    if len(objects) == 3:  # the third object's clause stays as describe writes it
+        c = objects[2]
+        swapped += f" and a {noun_phrase(c, False)} {POSITION_PHRASES[c['position']]}"
+    return describe(scene, template=2), swapped
 
 
 def random_negative(scenes: list[dict], i: int, template: int, rng) -> str:

@@ -9,8 +9,8 @@ of ordinary self-attention layers mixes them from the first layer on::
     z = [ [CLS] w₁ … w_L [SEP] ; p₁ … p_N ] + positions + modality(0 for words, 1 for patches)
     z → TransformerBlock × layers → h_CLS → pooler → alignment head (aligned or not)
 
-Training (``minimodels/recipes/vilt.py``) uses the same batches as ViLBERT's recipe: alignment
-with random and hard negatives, and masked language modelling on aligned pairs.
+Training (``minimodels/recipes/vilt.py``) uses ViLBERT's scenes and captions: alignment with
+random and hard negatives, and masked language modelling on true captions.
 
 Shape letters: B batch, L words, N patches, T = L + N tokens, D width.
 """

@@ -31,7 +31,7 @@ SHIPPED: dict[str, Shipped] = {
     "judge": Shipped("judge", 300, 1000),
     "clip": Shipped("clip", 3000, 1000),
     "vilbert": Shipped("vilbert", 5000, 1000),
-    "vilt": Shipped("vilt", 700, 1000),
+    "vilt": Shipped("vilt", 4800, 1000),
     "dvae": Shipped("dvae", 2000, 1000),
     "dalle": Shipped("dalle", 3000, 200),
     "ddpm": Shipped("ddpm", 8500, 256),

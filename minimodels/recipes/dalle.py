@@ -49,40 +49,41 @@ def evaluate_dalle(
     candidates: int = 8,
     temperature: float = 1.0,
     top_k: int | None = None,
+    guidance_scale: float = 2.0,
 ) -> dict:
     """How often the judge reads the asked colour and shape in samples for 'a {colour} {shape}'.
 
-    prompt_faithfulness: one sample per prompt, n prompts of pairs seen in training;
-    _reranked: CLIP's pick of `candidates` samples; _any_of_8: at least one candidate right;
-    _heldout: n prompts of colour-shape pairs never seen in training. Samples are drawn with
-    `temperature` and `top_k`. The shipped pipeline, judge and CLIP unless given.
+    n prompts of colour-shape pairs seen in training, and n of pairs never seen (_heldout),
+    `candidates` samples each with classifier-free guidance at `guidance_scale` (against the
+    empty prompt): prompt_faithfulness[_heldout] for the first sample, _reranked for CLIP's
+    pick of the candidates, _any_of_8 when at least one is right; _no_guidance: one sample per
+    prompt without guidance (w = 1). Samples are drawn with `temperature` and `top_k`. The
+    shipped pipeline, judge and CLIP unless given.
     """
     pipe = pipe or load_dalle(device)
     judge = judge or load_judge(device)
     clip = clip or load_clip(device)
     rng = np.random.default_rng([seed, 11])
-    out = {}
-    splits = (
-        ("train", TRAIN_PAIRS, "prompt_faithfulness"),
-        ("heldout", HELDOUT_PAIRS, "prompt_faithfulness_heldout"),
-    )
-    for split, pairs, key in splits:
+    out: dict = {"guidance_scale": guidance_scale}
+    for split, pairs in (("", TRAIN_PAIRS), ("_heldout", HELDOUT_PAIRS)):
         chosen = [pairs[i] for i in rng.integers(len(pairs), size=n)]
         prompts = [f"a {c} {s}" for c, s in chosen]
-        per = candidates if split == "train" else 1
-        generator = torch.Generator().manual_seed(seed)
-        images = pipe(prompts, num_images_per_prompt=per, temperature=temperature, top_k=top_k,
-                      generator=generator)  # fmt: skip
-        readings = judge.read(images)  # images (n·per, 3, H, W), grouped by prompt
-        ok = np.array(
-            [faithful([r], c, s)[0] for r, (c, s) in zip(readings, np.repeat(chosen, per, 0))]
-        ).reshape(n, per)  # ok[i, j]: sample j of prompt i is right
-        out[key] = round(float(ok[:, 0].mean()), 4)
-        if split == "train":
+        key = f"prompt_faithfulness{split}"
+        for w, per, tail in ((guidance_scale, candidates, ""), (1.0, 1, "_no_guidance")):
+            generator = torch.Generator().manual_seed(seed)
+            images = pipe(prompts, num_images_per_prompt=per, guidance_scale=w,
+                          temperature=temperature, top_k=top_k, generator=generator)  # fmt: skip
+            readings = judge.read(images)  # images (n·per, 3, H, W), grouped by prompt
+            ok = np.array(
+                [faithful([r], c, s)[0] for r, (c, s) in zip(readings, np.repeat(chosen, per, 0))]
+            ).reshape(n, per)  # ok[i, j]: sample j of prompt i is right
+            out[key + tail] = round(float(ok[:, 0].mean()), 4)
+            if tail:
+                continue
             best = [int(pipe.rerank(images[i * per : (i + 1) * per], prompts[i], clip)[0])
                     for i in range(n)]  # fmt: skip
-            out["prompt_faithfulness_reranked"] = round(float(ok[np.arange(n), best].mean()), 4)
-            out["prompt_faithfulness_any_of_8"] = round(float(ok.any(1).mean()), 4)
+            out[f"{key}_reranked"] = round(float(ok[np.arange(n), best].mean()), 4)
+            out[f"{key}_any_of_{candidates}"] = round(float(ok.any(1).mean()), 4)
     return out
 
 

@@ -1,5 +1,6 @@
-"""ViLBERT's recipe: pre-training targets and batches, the losses, training, the evaluation
-pairs and scores (shared with ViLT), and the shipped weights' bars."""
+"""ViLBERT's recipe (pre-training targets and batches, the losses, training, the shipped
+weights' bars) and the alignment benchmark it is measured on (recipes/alignment.py, shared with
+ViLT and CLIP)."""
 
 import numpy as np
 import pytest
@@ -9,14 +10,17 @@ import torch.nn.functional as F
 
 from minimodels import shapeworld as sw
 from minimodels.data.captions import hard_negative, random_negative, relation_negative
-from minimodels.recipes.vilbert import (
-    evaluate_vilbert,
+from minimodels.recipes.alignment import (
+    TOKENIZER,
     fusion_forward,
     itm_pairs,
     itm_scores,
+    mlm_accuracy,
+)
+from minimodels.recipes.vilbert import (
+    evaluate_vilbert,
     load_vilbert,
     mask_tokens,
-    mlm_accuracy,
     pretraining_losses,
     soft_region_targets,
     train_vilbert,
@@ -107,8 +111,6 @@ def test_training_batch_mixes_relation_swaps_into_the_hard_negatives():
 
 
 def tok_text(ids) -> list[str]:
-    from minimodels.recipes.vilbert import TOKENIZER
-
     keep = [int(i) for i in ids if int(i) not in TOKENIZER.special_ids or
             int(i) == TOKENIZER.mask_token_id]  # fmt: skip
     return TOKENIZER.convert_ids_to_tokens(keep)

@@ -3,13 +3,14 @@
 The model (regions, co-attention, the heads) is in ``minimodels/vilbert.py``. This module holds
 what made and measures the shipped ViLBERT::
 
-    from minimodels.recipes.vilbert import train_vilbert, itm_pairs, itm_scores
+    from minimodels.recipes.vilbert import train_vilbert
+    from minimodels.recipes.alignment import itm_pairs, itm_scores
     model, losses = train_vilbert(steps=150, vqa_steps=0)
     data = itm_pairs(seed=1, n=200)           # true captions, random and hard negatives
     itm_scores(model, data["images"], data["scenes"], data["hard"])
 
-The alignment pairs and scores serve ViLT too (`itm_scores` takes either model), so that the
-two fusion encoders are measured on the same pairs.
+The alignment pairs and scores (`itm_pairs`, `itm_scores`, ...) live in `recipes/alignment.py`,
+shared with ViLT and CLIP, so that every model is measured on the same pairs.
 """
 
 from __future__ import annotations
@@ -31,8 +32,15 @@ from minimodels.data.captions import (
 from minimodels.data.images import to_tensor
 from minimodels.data.shapeworld import generate, render, sample_scenes
 from minimodels.data.world import ANSWERS, COLORS, SHAPES
+from minimodels.recipes.alignment import (
+    TOKENIZER,
+    alignment_figures,
+    clip_itm_scores,
+    crowded_pairs,
+    itm_pairs,
+    itm_scores,
+)
 from minimodels.recipes.clip import load_clip
-from minimodels.text import Tokenizer
 from minimodels.train import fit, get_device, seed_everything
 from minimodels.vilbert import (
     IGNORE_INDEX,
@@ -43,7 +51,6 @@ from minimodels.vilbert import (
 )
 from minimodels.vilt import ViLT
 
-TOKENIZER = Tokenizer()
 NUM_COLORS, NUM_SHAPES = len(COLORS), len(SHAPES)
 
 # ----------------------------------------------------------------------------------------------
@@ -94,11 +101,12 @@ def mask_tokens(
     input_ids: torch.Tensor,
     attention_mask,
     generator: torch.Generator,
-    p: float = 0.15,
+    p: float | torch.Tensor = 0.15,
     at_least_one: bool = False,
 ):
-    """BERT masking: each real word (not [CLS]/[SEP]/[PAD]) becomes [MASK] with probability p
-    (with at_least_one, one word is forced in a text that drew none).
+    """BERT masking: each real word (not [CLS]/[SEP]/[PAD]) becomes [MASK] with probability p,
+    one p for all or a (B, L) tensor of them, one per token (with at_least_one, one word is
+    forced in a text that drew none).
     Returns (masked ids, labels with IGNORE_INDEX elsewhere), both (B, L)."""
     special = torch.tensor(sorted(TOKENIZER.special_ids))
     word = attention_mask.bool() & ~torch.isin(input_ids, special)  # (B, L) maskable
@@ -286,93 +294,6 @@ def load_vilbert(device=None) -> ViLBERT:
 # ----------------------------------------------------------------------------------------------
 
 
-def itm_pairs(
-    seed: int = 0,
-    n: int = 1000,
-    image_size: int = 32,
-    min_objects: int = 1,
-    max_objects: int = 3,
-    template: int | None = None,
-) -> dict:
-    """The evaluation set of alignment: n `test` scenes, each with its true caption, a random
-    negative and a hard negative (same template: `template`, or a random one per scene).
-    Deterministic in seed. images: uint8 (n, 3, H, W).
-
-    Relation pairs, on the scenes that have one (`relation_negative`): relation_index (their
-    indices), relation_positive (the relation caption) and relation (its swap, which is false).
-    """
-    images, scenes = generate(
-        "test", n, seed=seed, image_size=image_size, min_objects=min_objects,
-        max_objects=max_objects,
-    )  # fmt: skip
-    rng = np.random.default_rng([seed, 99])
-    pos, rand, hard, kinds = [], [], [], []
-    for i, s in enumerate(scenes):
-        t = int(rng.integers(NUM_TEMPLATES)) if template is None else template
-        pos.append(describe(s, template=t))
-        rand.append(random_negative(scenes, i, t, rng))
-        h, kind = hard_negative(s, t, rng)
-        hard.append(h)
-        kinds.append(kind)
-    swaps = [(i, r) for i, r in enumerate(map(relation_negative, scenes)) if r is not None]
-    return {
-        "images": to_tensor(images),
-        "scenes": scenes,
-        "positive": pos,
-        "random": rand,
-        "hard": hard,
-        "hard_kind": kinds,
-        "relation_index": [i for i, _ in swaps],
-        "relation_positive": [r[0] for _, r in swaps],
-        "relation": [r[1] for _, r in swaps],
-    }
-
-
-def fusion_forward(model: ViLBERT | ViLT, tokens: dict, images, scenes):
-    """One forward pass of a fusion encoder: ViLBERT reads the scenes' regions, ViLT does not."""
-    if isinstance(model, ViLT):
-        return model(tokens, images)
-    r = regions_from_scenes(scenes, model.config.max_regions)
-    return model(tokens, images, r["boxes"], region_mask=r["region_mask"])
-
-
-@torch.no_grad()
-def itm_scores(
-    model: ViLBERT | ViLT, images, scenes, captions, batch_size: int = 250
-) -> torch.Tensor:
-    """(n,) alignment log-odds of each (image, caption) pair, under ViLBERT or ViLT."""
-    model.eval()
-    out = []
-    for s in range(0, len(captions), batch_size):
-        sl = slice(s, s + batch_size)
-        o = fusion_forward(model, TOKENIZER(captions[sl], max_length=40), images[sl], scenes[sl])
-        out.append(o.itm_score().cpu())
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def mlm_accuracy(model: ViLBERT | ViLT, images, scenes, captions, seed: int = 0) -> float:
-    """Mask one colour or shape word of each (true) caption; the share predicted exactly."""
-    rng = np.random.default_rng([seed, 5])
-    tokens = TOKENIZER(captions, max_length=40)
-    ids = tokens["input_ids"].clone()
-    attr = torch.tensor(TOKENIZER.convert_tokens_to_ids(list(COLORS) + list(SHAPES)))
-    targets = []
-    for i in range(len(captions)):
-        slots = torch.isin(ids[i], attr).nonzero().flatten().tolist()
-        j = slots[int(rng.integers(len(slots)))]
-        targets.append((i, j, int(ids[i, j])))
-        ids[i, j] = TOKENIZER.mask_token_id
-    correct = 0
-    for s in range(0, len(captions), 250):
-        sl = slice(s, s + 250)
-        masked = {"input_ids": ids[sl], "attention_mask": tokens["attention_mask"][sl]}
-        o = fusion_forward(model, masked, images[sl], scenes[sl])
-        for i, j, y in targets[sl]:
-            correct += int(o.mlm_logits[i - s, j].argmax().item() == y)
-    return correct / len(captions)
-
-
 @torch.no_grad()
 def vqa_accuracy(model: ViLBERT, seed: int = 0, n: int = 1000, image_size: int = 32) -> float:
     """Accuracy over every question of n fresh `test` scenes."""
@@ -390,34 +311,6 @@ def vqa_accuracy(model: ViLBERT, seed: int = 0, n: int = 1000, image_size: int =
         gold = torch.tensor([ANSWERS.index(scenes[i]["answers"][k]) for i, k in chunk])
         correct += int((pred == gold).sum())
     return correct / len(idx)
-
-
-@torch.no_grad()
-def clip_itm_scores(clip_model, images, captions, batch_size: int = 500) -> torch.Tensor:
-    """(n,) cosine similarity of each (image, caption) pair under a CLIP model.
-
-    images: (n, 3, H, W), or the images' normalised CLIP embeddings (n, E) computed once
-    with `clip_model.encode_image(images, normalize=True)` (a dual encoder's whole point).
-    """
-    if isinstance(images, torch.Tensor) and images.ndim == 2:
-        image_emb = images
-    else:
-        image_emb = torch.cat(
-            [
-                clip_model.encode_image(images[s : s + batch_size], normalize=True)
-                for s in range(0, len(images), batch_size)
-            ]
-        )  # (n, E)
-    if len(image_emb) != len(captions):
-        raise ValueError(f"images and captions must have the same length; got {len(image_emb)} "
-                         f"and {len(captions)}")  # fmt: skip
-    out = []
-    for s in range(0, len(captions), batch_size):
-        t_e = clip_model.encode_text(
-            TOKENIZER(captions[s : s + batch_size], max_length=40), normalize=True
-        )  # (b, E)
-        out.append((image_emb[s : s + batch_size].to(t_e.device) * t_e).sum(-1).cpu())
-    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -453,37 +346,6 @@ def retrieval_timing(model: ViLBERT, clip_model, gallery: int = 1000, seed: int 
         "dual_top1_matches": scenes[top_dual]["caption"] == query,
         "fusion_top1_matches": scenes[int(scores.argmax())]["caption"] == query,
     }
-
-
-def alignment_figures(model: ViLBERT | ViLT, data: dict, seed: int) -> dict:
-    """Alignment and masked-word figures of a fusion encoder on `itm_pairs` data:
-    itm_acc_random / itm_acc_hard (the true caption outscores the negative), itm_binary_acc_hard
-    (each of the 2n true and hard pairs on the right side of log-odds 0), mlm_acc and
-    itm_acc_relation (the relation caption outscores its relation swap)."""
-    images, scenes = data["images"], data["scenes"]
-    pos = itm_scores(model, images, scenes, data["positive"])  # (n,) log-odds
-    rand = itm_scores(model, images, scenes, data["random"])
-    hard = itm_scores(model, images, scenes, data["hard"])
-    idx = data["relation_index"] or [0]  # no scene with two objects (tiny n): a tie, 0.0
-    rel_images, rel_scenes = images[idx], [scenes[i] for i in idx]
-    rel_pos = itm_scores(model, rel_images, rel_scenes, data["relation_positive"] or [""])
-    rel_neg = itm_scores(model, rel_images, rel_scenes, data["relation"] or [""])
-    return {
-        "itm_acc_random": round((pos > rand).float().mean().item(), 4),
-        "itm_acc_hard": round((pos > hard).float().mean().item(), 4),
-        "itm_binary_acc_hard": round(
-            ((pos > 0).float().mean() + (hard < 0).float().mean()).item() / 2, 4
-        ),
-        "mlm_acc": round(mlm_accuracy(model, images, scenes, data["positive"], seed), 4),
-        "itm_acc_relation": round((rel_pos > rel_neg).float().mean().item(), 4),
-    }
-
-
-def crowded_pairs(seed: int, n: int, image_size: int = 32) -> dict:
-    """`itm_pairs` of max(1, n // 2) scenes of 5 objects, more than any model saw in training
-    (template 3 keeps the caption within 40 tokens): one vector per image has to hold more,
-    one token per region does not."""
-    return itm_pairs(seed, max(1, n // 2), image_size, min_objects=5, max_objects=5, template=3)
 
 
 @torch.no_grad()

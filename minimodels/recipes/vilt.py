@@ -3,7 +3,7 @@
 The model is in ``minimodels/vilt.py``. ViLT is the course's single-stream comparison for
 ViLBERT, so it is trained on the same pre-training scenes and captions
 (`recipes.vilbert.training_batch`: alignment with random and hard negatives, masked words) and
-measured on the same alignment pairs (`recipes.vilbert.itm_pairs`)::
+measured on the same alignment pairs (`recipes.alignment.itm_pairs`)::
 
     from minimodels.recipes.vilt import evaluate_vilt
     evaluate_vilt(seed=0, n=1000)        # the shipped ViLT's figures
@@ -23,15 +23,15 @@ import torch.nn.functional as F
 
 from minimodels.checkpoint import load_model, weights_path
 from minimodels.data.world import COLORS, SHAPES
-from minimodels.recipes.vilbert import (
+from minimodels.recipes.alignment import (
     TOKENIZER,
     alignment_figures,
     crowded_pairs,
     itm_pairs,
     itm_scores,
     mlm_accuracy,
-    training_batch,
 )
+from minimodels.recipes.vilbert import mask_tokens, training_batch
 from minimodels.train import fit, get_device, seed_everything
 from minimodels.vilbert import IGNORE_INDEX
 from minimodels.vilt import ViLT, ViLTConfig
@@ -56,16 +56,12 @@ def mask_attribute_words(
     It is the counterpart of ViLT's whole-word masking, which stops a word from being read
     off its own sub-word pieces. Returns (masked ids, labels with IGNORE_INDEX elsewhere),
     both (B, L)."""
-    special = torch.tensor(sorted(TOKENIZER.special_ids))
-    word = attention_mask.bool() & ~torch.isin(input_ids, special)  # (B, L) maskable
     colours = torch.isin(input_ids, COLOUR_IDS)
     shapes = torch.isin(input_ids, SHAPE_IDS)
     mask_colours = torch.rand(input_ids.shape[0], 1, generator=generator) < 0.5  # (B, 1)
     target = torch.where(mask_colours, colours, shapes)  # (B, L): this caption's kind
-    prob = torch.where(target, p_attribute, torch.where(colours | shapes, 0.0, p))
-    chosen = (torch.rand(input_ids.shape, generator=generator) < prob) & word
-    labels = input_ids.masked_fill(~chosen, IGNORE_INDEX)
-    return input_ids.masked_fill(chosen, TOKENIZER.mask_token_id), labels
+    prob = torch.where(target, p_attribute, torch.where(colours | shapes, 0.0, p))  # (B, L)
+    return mask_tokens(input_ids, attention_mask, generator, p=prob)
 
 
 def vilt_training_batch(
@@ -139,7 +135,7 @@ def evaluate_vilt(seed: int = 0, n: int = 1000, device=None, model: ViLT | None 
     """ViLT's figures on the pairs `evaluate_vilbert` uses (same seed, same n: comparable).
 
     itm_acc_random / itm_acc_hard / itm_binary_acc_hard / mlm_acc: see
-    `recipes.vilbert.alignment_figures` (0.5 is chance for the first three; mlm_acc masks one
+    `recipes.alignment.alignment_figures` (0.5 is chance for the first three; mlm_acc masks one
     colour or shape word, which the image tells and the other words mostly do not);
     itm_acc_hard_<kind>: the hard negatives by kind (one colour changed, one shape changed,
     two colours exchanged);

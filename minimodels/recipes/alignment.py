@@ -123,21 +123,25 @@ def mlm_accuracy(model: ViLBERT | ViLT, images, scenes, captions, seed: int = 0)
 
 
 @torch.no_grad()
+def clip_image_embeddings(clip_model, images, batch_size: int = 500) -> torch.Tensor:
+    """(n, E) normalised CLIP embeddings of images (n, 3, H, W), in batches: a dual encoder
+    embeds a gallery once and reuses it for every caption."""
+    return torch.cat([
+        clip_model.encode_image(images[s : s + batch_size], normalize=True)
+        for s in range(0, len(images), batch_size)
+    ])  # fmt: skip
+
+
+@torch.no_grad()
 def clip_itm_scores(clip_model, images, captions, batch_size: int = 500) -> torch.Tensor:
     """(n,) cosine similarity of each (image, caption) pair under a CLIP model.
 
-    images: (n, 3, H, W), or the images' normalised CLIP embeddings (n, E) computed once
-    with `clip_model.encode_image(images, normalize=True)` (a dual encoder's whole point).
+    images: (n, 3, H, W), or their embeddings (n, E) from `clip_image_embeddings`.
     """
     if isinstance(images, torch.Tensor) and images.ndim == 2:
         image_emb = images
     else:
-        image_emb = torch.cat(
-            [
-                clip_model.encode_image(images[s : s + batch_size], normalize=True)
-                for s in range(0, len(images), batch_size)
-            ]
-        )  # (n, E)
+        image_emb = clip_image_embeddings(clip_model, images, batch_size)  # (n, E)
     if len(image_emb) != len(captions):
         raise ValueError(f"images and captions must have the same length; got {len(image_emb)} "
                          f"and {len(captions)}")  # fmt: skip

@@ -35,6 +35,7 @@ from minimodels.data.world import ANSWERS, COLORS, SHAPES
 from minimodels.recipes.alignment import (
     TOKENIZER,
     alignment_figures,
+    clip_image_embeddings,
     clip_itm_scores,
     crowded_pairs,
     itm_pairs,
@@ -326,12 +327,7 @@ def retrieval_timing(model: ViLBERT, clip_model, gallery: int = 1000, seed: int 
     model.eval()
     clip_model.eval()
     t0 = time.perf_counter()
-    gallery_emb = torch.cat(
-        [
-            clip_model.encode_image(images[s : s + 500], normalize=True)
-            for s in range(0, gallery, 500)
-        ]
-    )  # (N, E), computed once for all future queries
+    gallery_emb = clip_image_embeddings(clip_model, images)  # (N, E), once for all queries
     t1 = time.perf_counter()
     q = clip_model.encode_text(TOKENIZER([query]), normalize=True)  # (1, E)
     top_dual = (gallery_emb @ q.T).squeeze(1).argmax().item()  # one matmul ranks the gallery
@@ -375,8 +371,7 @@ def evaluate_vilbert(
     h5 = itm_scores(model, crowd["images"], crowd["scenes"], crowd["hard"])
     out["itm_acc_hard_5_objects"] = round((p5 > h5).float().mean().item(), 4)
     if clip_model is not None:  # the images are embedded once for both captions
-        emb = torch.cat([clip_model.encode_image(data["images"][s : s + 500], normalize=True)
-                         for s in range(0, n, 500)])  # fmt: skip
+        emb = clip_image_embeddings(clip_model, data["images"])  # (n, E)
         cpos, chard = (clip_itm_scores(clip_model, emb, data[k]) for k in ("positive", "hard"))
         out["clip_itm_acc_hard"] = round((cpos > chard).float().mean().item(), 4)
         rel = emb[data["relation_index"] or [0]]  # the same relation pairs as itm_acc_relation
@@ -385,7 +380,7 @@ def evaluate_vilbert(
             for k in ("relation_positive", "relation")
         )
         out["clip_itm_acc_relation"] = round((rpos > rneg).float().mean().item(), 4)
-        emb = clip_model.encode_image(crowd["images"], normalize=True)
+        emb = clip_image_embeddings(clip_model, crowd["images"])
         p5, h5 = (clip_itm_scores(clip_model, emb, crowd[k]) for k in ("positive", "hard"))
         out["clip_itm_acc_hard_5_objects"] = round((p5 > h5).float().mean().item(), 4)
     if vilt_model is not None:

@@ -1,7 +1,7 @@
 # Vision–Language Models from Scratch: build the book, run the tests.
 #
 #   make book        execute every notebook and build the HTML book into _build/html
-#   make book-instructor   the same book with the exercises' solutions shown (_build/instructor)
+#   make book-instructor   the book and notebooks with the exercises' solutions (_build/instructor)
 #   make slides      reveal.js slides of every notebook (_build/slides), for lecturing
 #   make screenshots headless Chromium pictures of built pages (_build/screenshots)
 #   make test        lint, package tests, every notebook (nbval), sync check, structural book build
@@ -49,11 +49,16 @@ book: check-notebooks vendor-js | $(STAMP)
 	$(BIN)/jupyter-book build . $(JB_FLAGS)
 	@echo "The book: $(CURDIR)/_build/html/index.html"
 
-# Solutions are hidden unless MINIMODELS_BOOK_SOLUTIONS=show (see tools/coursebook.py).
+# notebooks/ holds the student edition (stubs). With MINIMODELS_BOOK_SOLUTIONS=show the book reads
+# each notebook's instructors' edition from lectures_src/ instead (see tools/coursebook.py), and
+# MINIMODELS_EXERCISES=require makes a check fail on a stub. The instructors' notebooks, for
+# JupyterLab or Colab, are written next to that book.
 book-instructor: check-notebooks vendor-js | $(STAMP)
-	MINIMODELS_BOOK_SOLUTIONS=show $(BIN)/jupyter-book build . --path-output _build/instructor \
-		$(JB_FLAGS)
+	$(BOOK) sync --edition instructor --out _build/instructor/notebooks
+	MINIMODELS_BOOK_SOLUTIONS=show MINIMODELS_EXERCISES=require $(BIN)/jupyter-book build . \
+		--path-output _build/instructor $(JB_FLAGS)
 	@echo "The instructors' book: $(CURDIR)/_build/instructor/_build/html/index.html"
+	@echo "The instructors' notebooks: $(CURDIR)/_build/instructor/notebooks/"
 
 # Outputs come from `make book`'s executed notebooks when they are current, else each notebook
 # is executed here.
@@ -80,11 +85,13 @@ notebooks: | $(STAMP)
 test: lint structural pytest  # quick checks first; pytest's summary is the closing line
 
 lint: | $(STAMP)
-	$(BIN)/ruff check minimodels tests tools
-	$(BIN)/ruff format --check minimodels tests tools
+	$(BIN)/ruff check minimodels tests tools conftest.py
+	$(BIN)/ruff format --check minimodels tests tools conftest.py
 
 # The package's tests, the checks of tests/test_project.py (notebooks in sync with their
-# sources, no outputs, ...) and every notebook run top to bottom by nbval, in one session.
+# sources, no outputs, ...) and every notebook run top to bottom by nbval, in one session: the
+# student notebook as it is (stubs), then in the same kernel each solution of the instructors'
+# edition and its check (conftest.py).
 # One math thread per worker: two workers with two threads each oversubscribe two cores and
 # slow torch down many times over.
 pytest: | $(STAMP)

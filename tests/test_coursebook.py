@@ -34,7 +34,9 @@ def test_each_notebook_has_two_to_four_exercises_each_with_a_check(source):
         f"{source.name}: {len(solutions)} exercises (cells tagged solution); expected 2 to 4"
     )
     for i in solutions:
-        assert "# SOLUTION" in code[i].source, f"{source.name}: a solution cell lacks # SOLUTION"
+        assert "# SOLUTION: " in code[i].source, (
+            f"{source.name}: a solution cell lacks `# SOLUTION: hint`"
+        )
         following = code[i + 1 : i + 3]
         assert any("check" in tags(c) for c in following), (
             f"{source.name}: the solution cell {code[i].source.splitlines()[0]!r} is not "
@@ -43,6 +45,95 @@ def test_each_notebook_has_two_to_four_exercises_each_with_a_check(source):
     for c in code:
         if "# SOLUTION" in c.source:
             assert "solution" in tags(c), f"{source.name}: # SOLUTION in a cell not tagged so"
+
+
+def _solution_lines(code: str) -> list[str]:
+    """The lines of a solution cell that the stub replaces (each solution's body)."""
+    kept = set(coursebook.stub(code).splitlines())
+    return [line for line in code.splitlines() if line.strip() and line not in kept]
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_the_student_notebook_holds_stubs_not_solutions(source):
+    """notebooks/ (what Colab opens) is the student edition: each exercise keeps its signature
+    and docstring and raises NotImplementedError with a hint; no line of a solution is there."""
+    notebook = json.loads((ROOT / "notebooks" / f"{source.stem}.ipynb").read_text("utf-8"))
+    student = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    code = [c for c in cells(source) if c.cell_type == "code"]
+    assert len(student) == len(code)
+    for mine, theirs in zip(student, code):
+        text = "".join(mine["source"])
+        if "solution" not in tags(theirs):
+            assert text == theirs.source.replace(coursebook.PLACEHOLDER, coursebook.repo_url(ROOT))
+            continue
+        assert "raise NotImplementedError(" in text and "# YOUR CODE HERE" in text
+        assert "SOLUTION" not in text
+        assert re.search(r'^\s+"""', text, flags=re.M), f"{source.name}: a stub with no docstring"
+        body = _solution_lines(theirs.source)
+        assert body, f"{source.name}: the stub of {text.splitlines()[0]!r} replaced nothing"
+        leaked = [line for line in body if line in text.splitlines()]
+        assert not leaked, f"{source.name}: solution lines in the student notebook: {leaked}"
+        compile(text, source.name, "exec")  # the stub is valid Python
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_each_check_says_not_done_yet_to_a_stub(source):
+    """A check cell's checks are wrapped in minimodels.exercises.exercise: on a stub they print
+    a hint instead of raising, so that the untouched student notebook runs on."""
+    import minimodels.exercises as exercises
+
+    for check in [c for c in cells(source) if c.cell_type == "code" and "check" in tags(c)]:
+        called = re.findall(r"^(check_\w+)\(", check.source, flags=re.M)
+        assert called, f"{source.name}: a check cell that calls no check_...(answer)"
+        for name in called:
+            decorated = re.search(rf"^@exercise\ndef {name}\(", check.source, flags=re.M)
+            imported = hasattr(getattr(exercises, name, None), "__wrapped__")
+            assert decorated or imported, (
+                f"{source.name}: {name} is not wrapped in @exercise: on a stub it would raise"
+            )
+
+
+def test_stub_keeps_signature_docstring_and_the_rest_of_the_cell():
+    code = (
+        "helper = 3\n\n\n"
+        "class Twice:\n"
+        '    """Doubles."""\n\n'
+        "    def __init__(self):\n"
+        "        # SOLUTION: remember\n"
+        "        # the factor\n"
+        "        self.k = 2\n\n"
+        "    def __call__(self, x):\n"
+        '        """x -> 2 x."""\n'
+        "        # SOLUTION: multiply\n"
+        "        y = self.k * x\n\n"
+        "        return y\n\n\n"
+        "after = 1"
+    )
+    assert coursebook.stub(code) == (
+        "helper = 3\n\n\n"
+        "class Twice:\n"
+        '    """Doubles."""\n\n'
+        "    def __init__(self):\n"
+        "        # YOUR CODE HERE\n"
+        '        raise NotImplementedError("remember the factor")\n\n'
+        "    def __call__(self, x):\n"
+        '        """x -> 2 x."""\n'
+        "        # YOUR CODE HERE\n"
+        '        raise NotImplementedError("multiply")\n\n\n'
+        "after = 1"
+    )
+    long_hint = "word " * 40
+    stubbed = coursebook.stub(f"def f():\n    # SOLUTION: {long_hint}\n    return 1")
+    assert max(len(line) for line in stubbed.splitlines()) <= coursebook.STUB_WIDTH
+    namespace: dict = {}
+    exec(stubbed, namespace)
+    with pytest.raises(NotImplementedError) as err:
+        namespace["f"]()
+    assert str(err.value) == long_hint.strip()
+    with pytest.raises(ValueError, match="inside a function"):
+        coursebook.stub("# SOLUTION: at the top\nx = 1")
+    with pytest.raises(ValueError, match="hint"):
+        coursebook.stub("def f():\n    # SOLUTION\n    return 1")
 
 
 TESTS_TEXT = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").glob("test_*.py"))
@@ -61,18 +152,11 @@ def test_each_check_is_shown_to_reject_a_wrong_answer(source):
             assert "remove-cell" in tags(c), f"{source.name}: wrong-answer cells are hidden"
     source_tested = re.search(rf"{re.escape(source.name)}", TESTS_TEXT) is not None
     for check in checks:
-        names = set(re.findall(r"^def (check_\w+)\(", check.source, flags=re.M))
-        names |= set(re.findall(r"(?:\b\w+\.)?\b(check_\w+)\(", check.source))
-        if not names:
-            assert source_tested, (
-                f"{source.name}: an inline check cell that no test runs; define "
-                f"check_...(fn) and add a hidden wrong-answer cell:\n{check.source[:200]}"
-            )
-            continue
+        names = set(re.findall(r"^(check_\w+)\(", check.source, flags=re.M))
         for name in names:
             in_cell = re.search(rf"expect_failure\(\s*(?:\w+\.)?{name}\b", wrong)
             in_tests = re.search(rf"\b{name}\b", TESTS_TEXT)
-            assert in_cell or in_tests, (
+            assert in_cell or in_tests or source_tested, (
                 f"{source.name}: nothing tries {name} on a wrong answer (a hidden wrong-answer "
                 "cell with expect_failure, or a test in tests/)"
             )
@@ -91,54 +175,40 @@ def test_expect_failure_needs_an_assertion_with_a_message():
         expect_failure("check", lambda x: x)
 
 
-def notebook_with_exercise() -> dict:
-    def cell(kind, source, tags=()):
-        c = {"cell_type": kind, "metadata": {"tags": list(tags)} if tags else {}, "source": source}
-        return c | ({"outputs": [], "execution_count": None} if kind == "code" else {})
-
-    return {
-        "cells": [
-            cell("markdown", "## Exercise 1"),
-            cell("code", "def f(x):\n    # SOLUTION\n    return 2 * x", ["solution"]),
-            cell("code", "check_f(f)", ["check"]),
-        ],
-        "metadata": {},
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-
-
-def test_student_edition_hides_solutions_and_instructor_edition_shows_them():
-    nb = notebook_with_exercise()
-    student = coursebook.edition(nb, show_solutions=False)
-    instructor = coursebook.edition(nb, show_solutions=True)
-    for edition in (student, instructor):
-        # the solution still runs (its check needs it), in the same order
-        code = [c["source"] for c in edition["cells"] if c["cell_type"] == "code"]
-        assert code == [c["source"] for c in nb["cells"] if c["cell_type"] == "code"]
-        assert len({c["id"] for c in edition["cells"]}) == len(edition["cells"])
-    solution = [c for c in student["cells"] if "solution" in c["metadata"].get("tags", [])][0]
-    assert "remove-cell" in solution["metadata"]["tags"]
-    assert any("hidden in the student edition" in c["source"] for c in student["cells"])
-    solution = [c for c in instructor["cells"] if "solution" in c["metadata"].get("tags", [])][0]
-    assert "remove-cell" not in solution["metadata"]["tags"]
-    assert any("instructors' edition" in c["source"] for c in instructor["cells"])
-    assert "remove-cell" not in nb["cells"][1]["metadata"]["tags"]  # the input is not modified
-    for note in (coursebook.STUDENT_NOTE, coursebook.INSTRUCTOR_NOTE):
-        # a MyST directive with no body is an error in the build ("Content block expected")
-        body = [line for line in note.splitlines()[1:-1] if not line.startswith(":")]
-        assert note.endswith(":::") and any(line.strip() for line in body), note
+def test_the_instructors_edition_labels_each_solution():
+    source = next(s for s in SOURCES if s.stem.startswith("00"))
+    nb = json.loads(coursebook.render(source, "https://example.org/repo", coursebook.INSTRUCTOR))
+    shown = coursebook.edition(nb)
+    solutions = [i for i, c in enumerate(shown["cells"]) if "solution" in tags_of(c)]
+    assert solutions and all(shown["cells"][i - 1]["source"] == coursebook.INSTRUCTOR_NOTE
+                             for i in solutions)  # fmt: skip
+    assert all("# SOLUTION: " in "".join(shown["cells"][i]["source"]) for i in solutions)
+    assert len({c["id"] for c in shown["cells"]}) == len(shown["cells"])
+    code = [c["source"] for c in shown["cells"] if c["cell_type"] == "code"]
+    assert code == [c["source"] for c in nb["cells"] if c["cell_type"] == "code"]
+    note = coursebook.INSTRUCTOR_NOTE  # a MyST directive with no body is an error in the build
+    body = [line for line in note.splitlines()[1:-1] if not line.startswith(":")]
+    assert note.endswith(":::") and any(line.strip() for line in body), note
+    with pytest.raises(ValueError, match="edition"):
+        coursebook.render(source, "https://example.org/repo", "teacher")
 
 
-def test_the_edition_follows_the_environment(monkeypatch):
+def tags_of(cell: dict) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def test_the_edition_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv(coursebook.SOLUTIONS_ENV, raising=False)
     assert not coursebook.solutions_shown()
     monkeypatch.setenv(coursebook.SOLUTIONS_ENV, "show")
     assert coursebook.solutions_shown()
-    assert (
-        "book-instructor" in (ROOT / "Makefile").read_text()
-        and coursebook.SOLUTIONS_ENV in (ROOT / "Makefile").read_text()
-    )
+    makefile = (ROOT / "Makefile").read_text()
+    assert "book-instructor" in makefile and coursebook.SOLUTIONS_ENV in makefile
+    # the instructors' notebooks are written elsewhere, with the solutions
+    coursebook.sync(ROOT, coursebook.INSTRUCTOR, tmp_path)
+    written = sorted(p.name for p in tmp_path.glob("*.ipynb"))
+    assert written == sorted(f"{s.stem}.ipynb" for s in SOURCES)
+    assert all("# SOLUTION: " in p.read_text("utf-8") for p in tmp_path.glob("*.ipynb"))
 
 
 # ---------------------------------------------------------------------------- slides
@@ -236,3 +306,32 @@ def test_each_lecture_map_row_links_to_a_section_that_exists(row):
     assert refs, f"the row should link to a notebook section with {{ref}}: {row}"
     for ref in refs:
         assert ref in ALL_LABELS, f"no section labelled ({ref})= in lectures_src/: {row}"
+
+
+# ---------------------------------------------------------------------------- run time
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_each_opening_says_how_long_the_notebook_runs_from_the_measured_table(source):
+    opening = source.read_text(encoding="utf-8").split("```{code-cell}")[0]
+    assert coursebook.RUNTIME in opening, (
+        f"{source.name}: say how long the notebook runs with {coursebook.RUNTIME} in its opening"
+    )
+    phrase = coursebook.runtime_phrase(source)
+    assert "not measured" not in phrase, f"{source.name} is not in {coursebook.RUNTIMES}"
+    notebook = (ROOT / "notebooks" / f"{source.stem}.ipynb").read_text(encoding="utf-8")
+    assert coursebook.RUNTIME not in notebook and phrase in notebook
+
+
+@pytest.mark.parametrize(
+    "seconds, words",
+    [(14.0, "about 15 seconds"), (41.2, "about 40 seconds"), (66.8, "about a minute"),
+     (80.9, "about a minute and a half"), (150.0, "about 2.5 minutes")],
+)  # fmt: skip
+def test_runtime_phrase_rounds_the_median(tmp_path, seconds, words):
+    (tmp_path / "book" / "generated").mkdir(parents=True)
+    (tmp_path / "lectures_src").mkdir()
+    table = {"notebooks": {"07_x": {"median_s": seconds}}}
+    (tmp_path / coursebook.RUNTIMES).write_text(json.dumps(table), encoding="utf-8")
+    assert coursebook.runtime_phrase(tmp_path / "lectures_src" / "07_x.md").startswith(words)
+    assert "not measured" in coursebook.runtime_phrase(tmp_path / "lectures_src" / "08_y.md")

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from minimodels.data.captions import describe, hard_negative
+import minimodels.exercises as exercises
+from minimodels.data.captions import colour_exchange, describe, hard_negative
 from minimodels.dvae import gumbel_softmax, nearest_code
 from minimodels.exercises import (
     check_co_attention,
@@ -57,24 +58,13 @@ def test_check_co_attention_accepts_the_layer_and_rejects_wrong_ones():
         check_co_attention(Missing)
 
 
-def _exchange(scene, template):
-    present = {(o["color"], o["shape"]) for o in scene["objects"]}
-    for i in range(len(scene["objects"])):
-        for j in range(i + 1, len(scene["objects"])):
-            new = [dict(o) for o in scene["objects"]]
-            new[i]["color"], new[j]["color"] = new[j]["color"], new[i]["color"]
-            if {(o["color"], o["shape"]) for o in new} != present:
-                return describe({**scene, "objects": new}, template=template)
-    return None
-
-
 def test_check_colour_exchange_accepts_a_solution_and_rejects_wrong_ones():
-    check_colour_exchange(_exchange)
+    check_colour_exchange(colour_exchange)
 
     def mutates(scene, template):
         objs = scene["objects"]
         if len(objs) < 2 or objs[0]["color"] == objs[1]["color"]:
-            return _exchange(scene, template)
+            return colour_exchange(scene, template)
         objs[0]["color"], objs[1]["color"] = objs[1]["color"], objs[0]["color"]
         return describe(scene, template=template)
 
@@ -93,8 +83,9 @@ def test_check_colour_exchange_accepts_a_solution_and_rejects_wrong_ones():
 # ---- the exercises' checks: pass the right answer, fail wrong ones ----------------------------
 
 
-def test_check_quantize():
-    assert "match" in check_quantize(nearest_code)
+def test_check_quantize(capsys):
+    check_quantize(nearest_code)
+    assert "match" in capsys.readouterr().out
     with pytest.raises(AssertionError, match="dot product"):
         check_quantize(lambda z, e: (z @ e.T).argmax(1))
     with pytest.raises(AssertionError, match="argmax instead of argmin"):
@@ -103,7 +94,7 @@ def test_check_quantize():
         check_quantize(lambda z, e: torch.cdist(z, e).argmin(1).float())
 
 
-def test_check_gumbel_softmax():
+def test_check_gumbel_softmax(capsys):
     def right(logits, tau, generator):
         return gumbel_softmax(logits, tau, generator=generator)
 
@@ -116,7 +107,45 @@ def test_check_gumbel_softmax():
     def wrong_noise(logits, tau, generator):  # uniform noise instead of Gumbel noise
         return ((logits + torch.rand(logits.shape, generator=generator)) / tau).softmax(-1)
 
-    assert "match" in check_gumbel_softmax(right)
+    check_gumbel_softmax(right)
+    assert "match" in capsys.readouterr().out
     for wrong in (no_noise, no_tau, wrong_noise):
         with pytest.raises(AssertionError):
             check_gumbel_softmax(wrong)
+
+
+# ---- the wrapper that lets an untouched student notebook run on -------------------------------
+
+
+def _check_double(fn):
+    assert fn(2) == 4, "double the input"
+    print("correct")
+
+
+def _stub(*args):
+    raise NotImplementedError("multiply by two")
+
+
+def test_exercise_reports_a_stub_and_lets_wrong_answers_fail(capsys, monkeypatch):
+    monkeypatch.delenv(exercises.REQUIRE_ENV, raising=False)
+    check = exercises.exercise(_check_double)
+    assert check.__wrapped__ is _check_double and check.__name__ == "_check_double"
+    assert check(_stub) is None
+    out = capsys.readouterr().out
+    assert "Not done yet: _stub is still the stub" in out and "multiply by two" in out
+    with pytest.raises(AssertionError, match="double the input"):
+        check(lambda x: x)
+    check(lambda x: 2 * x)
+    assert capsys.readouterr().out == "correct\n"
+    monkeypatch.setenv(exercises.REQUIRE_ENV, "require")  # the instructors' edition, CI
+    with pytest.raises(NotImplementedError, match="multiply by two"):
+        check(_stub)
+    with pytest.raises(TypeError, match="decorates a check"):
+        exercises.exercise("check")
+
+
+def test_the_package_checks_are_wrapped(capsys, monkeypatch):
+    monkeypatch.delenv(exercises.REQUIRE_ENV, raising=False)
+    for check in (check_co_attention, check_colour_exchange, check_gumbel_softmax, check_quantize):
+        assert check(_stub) is None
+        assert "Not done yet" in capsys.readouterr().out

@@ -1,10 +1,13 @@
 """Tools that build the course book (for the course's authors; not part of the package's API).
 
 The notebooks in ``notebooks/`` are generated from the MyST-markdown sources in ``lectures_src/``
-and are never edited by hand. This module holds the one conversion that ``make notebooks``,
-``make book`` and ``tests/test_project.py`` share::
+and are never edited by hand. They are the student edition: each exercise's solution is replaced
+by a stub (:func:`stub`). The instructors' edition, with the solutions, is generated from the
+same sources. This module holds the one conversion that ``make notebooks``, ``make book`` and
+``tests/test_project.py`` share::
 
     python tools/coursebook.py sync               # lectures_src/NN.md -> notebooks/NN.ipynb
+    python tools/coursebook.py sync --edition instructor --out DIR   # with the solutions
     python tools/coursebook.py check              # exit 1, listing notebooks that are out of date
     python tools/coursebook.py vendor-js          # copy widget and maths JavaScript from npm
     python tools/coursebook.py structural-config OUT.yml   # _config.yml with execution turned off
@@ -12,9 +15,8 @@ and are never edited by hand. This module holds the one conversion that ``make n
 
 It is also a small Sphinx extension (listed in ``_config.yml``): once that JavaScript has been
 vendored, the book's pages load it from ``_static/`` instead of CDNs, so they work offline; and
-it hides the exercises' solutions (cells tagged ``solution``) unless the environment variable
-``MINIMODELS_BOOK_SOLUTIONS=show`` is set, which is how ``make book-instructor`` builds the
-instructors' edition from the same notebooks.
+when the environment variable ``MINIMODELS_BOOK_SOLUTIONS=show`` is set (``make
+book-instructor``) it reads each notebook's instructors' edition instead of the student's.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ SOURCES = "lectures_src"
 NOTEBOOKS = "notebooks"
 CONFIG = "_config.yml"
 PLACEHOLDER = "{{REPO_URL}}"  # replaced by _config.yml's repository.url
+RUNTIME = "{{RUNTIME}}"  # replaced by the notebook's measured run time, from RUNTIMES
+RUNTIMES = "book/generated/notebook_runtimes.json"  # written by `python tools/bench.py notebooks`
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
 # IPython's lexer, so that cells with `!pip` or `%time` highlight without a warning
 LANGUAGE_INFO = {"name": "python", "pygments_lexer": "ipython3"}
@@ -58,6 +62,68 @@ def repo_url(root: Path = ROOT) -> str:
     return config["repository"]["url"]
 
 
+# --------------------------------------------------------------------------- exercises
+
+STUDENT, INSTRUCTOR = "student", "instructor"
+EDITIONS = (STUDENT, INSTRUCTOR)
+SOLUTION_TAG = "solution"
+# Inside an exercise's function, a comment `# SOLUTION: a hint` (the hint may go on over the next
+# comment lines) starts the solution, which runs to the end of the block it is in: the lines
+# indented at least as far. The student edition keeps everything else (the signature and the
+# docstring) and replaces the solution by a stub that raises with the hint.
+_SOLUTION = re.compile(r"^(?P<indent>[ \t]+)# SOLUTION(?::[ \t]*(?P<hint>.*?))?[ \t]*$")
+STUB_WIDTH = 99  # the hint is wrapped to keep the stub's lines within this
+
+
+def stub(code: str) -> str:
+    """The student's version of a solution cell: each solution becomes
+
+        # YOUR CODE HERE
+        raise NotImplementedError("the hint")
+
+    at the solution's indentation. Everything else in the cell is kept. Raises ValueError for a
+    `# SOLUTION` line at the top level (the cell itself would then raise) or without a hint.
+    """
+    import textwrap
+
+    def quoted(text: str) -> str:  # a Python string literal in double quotes
+        return json.dumps(text, ensure_ascii=False)
+
+    lines, out, i = code.splitlines(), [], 0
+    while i < len(lines):
+        match = _SOLUTION.match(lines[i])
+        if match is None:
+            if lines[i].lstrip().startswith("# SOLUTION"):
+                raise ValueError(f"a # SOLUTION line must sit inside a function: {lines[i]!r}")
+            out.append(lines[i])
+            i += 1
+            continue
+        indent, hint, end = match["indent"], [match["hint"] or ""], i + 1
+        while end < len(lines) and lines[end].startswith(indent + "# "):  # the hint goes on
+            hint.append(lines[end][len(indent) + 2 :])
+            end += 1
+        hint = " ".join(h.strip() for h in hint).strip()
+        if not hint:
+            raise ValueError(f"write a hint after the marker, `# SOLUTION: hint`: {lines[i]!r}")
+        while end < len(lines) and (
+            not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) >= len(indent)
+        ):
+            end += 1
+        while end > i + 1 and not lines[end - 1].strip():  # blank lines after the block stay
+            end -= 1
+        out.append(f"{indent}# YOUR CODE HERE")
+        if len(f"{indent}raise NotImplementedError({quoted(hint)})") <= STUB_WIDTH:
+            out.append(f"{indent}raise NotImplementedError({quoted(hint)})")
+        else:
+            width = STUB_WIDTH - len(indent) - 7  # four spaces, the quotes, a space
+            parts = textwrap.wrap(hint, width, drop_whitespace=False)
+            out.append(f"{indent}raise NotImplementedError(")
+            out += [f"{indent}    {quoted(part)}" for part in parts]
+            out.append(f"{indent})")
+        i = end
+    return "\n".join(out)
+
+
 def notebook_path(source: Path, root: Path = ROOT) -> Path:
     return root / NOTEBOOKS / f"{source.stem}.ipynb"
 
@@ -66,16 +132,41 @@ def sources(root: Path = ROOT) -> list[Path]:
     return sorted((root / SOURCES).glob("*.md"))
 
 
-def render(source: Path, url: str) -> str:
+def runtime_phrase(source: Path) -> str:
+    """How long the notebook of `source` takes, in words, from the measured table RUNTIMES (the
+    median of three runs on the course's 2-core CPU): 'about 25 seconds on a laptop CPU'."""
+    table = source.parent.parent / RUNTIMES
+    runs = json.loads(table.read_text(encoding="utf-8"))["notebooks"] if table.is_file() else {}
+    if source.stem not in runs:
+        return (
+            "a minute or two on a laptop CPU (not measured yet: `python tools/bench.py notebooks`)"
+        )
+    seconds = runs[source.stem]["median_s"]
+    if seconds < 55:
+        words = f"about {max(5, 5 * round(seconds / 5))} seconds"
+    else:
+        halves = max(2, round(seconds / 30))  # to the half minute
+        minutes = {2: "a minute", 3: "a minute and a half"}.get(halves, f"{halves / 2:g} minutes")
+        words = f"about {minutes}"
+    return f"{words} on a laptop CPU (measured: the median of three runs on a 2-core CPU)"
+
+
+def render(source: Path, url: str, edition: str = STUDENT) -> str:
     """The text of the notebook generated from one MyST-markdown source.
 
     Deterministic: no outputs, cell ids derived from the cell's index, no jupytext version
-    stamp, nbformat 4.5. ``{{REPO_URL}}`` is replaced everywhere by ``url``.
+    stamp, nbformat 4.5. ``{{REPO_URL}}`` is replaced everywhere by ``url``. In the student
+    edition (what ``notebooks/`` holds) each exercise's solution is replaced by its stub
+    (:func:`stub`); the instructors' edition keeps the source's solutions.
     """
     import jupytext
     import nbformat
 
+    if edition not in EDITIONS:
+        raise ValueError(f"edition must be one of {EDITIONS}; got {edition!r}")
     text = source.read_text(encoding="utf-8").replace(PLACEHOLDER, url)
+    if RUNTIME in text:
+        text = text.replace(RUNTIME, runtime_phrase(source))
     nb = jupytext.reads(text, fmt="md:myst")
     nb.metadata.pop("jupytext", None)  # holds jupytext's version: changes with the tool
     nb.metadata.setdefault("kernelspec", dict(KERNELSPEC))
@@ -85,18 +176,23 @@ def render(source: Path, url: str) -> str:
         cell.id = f"cell-{i:03d}"
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
+            if edition == STUDENT and SOLUTION_TAG in cell.metadata.get("tags", []):
+                cell.source = stub(cell.source)
     nbformat.validate(nb)
     return nbformat.writes(nb) + "\n"
 
 
-def _generated(root: Path) -> dict[Path, tuple[Path, str]]:
+def _generated(root: Path, edition: str = STUDENT, out: Path | None = None) -> dict:
     """notebook path -> (its source, the text ``sync`` writes there)."""
-    url = repo_url(root)
-    return {notebook_path(source, root): (source, render(source, url)) for source in sources(root)}
+    url, folder = repo_url(root), out or root / NOTEBOOKS
+    return {
+        folder / f"{source.stem}.ipynb": (source, render(source, url, edition))
+        for source in sources(root)
+    }
 
 
-def _orphans(root: Path, generated: dict) -> list[Path]:
-    return sorted(set((root / NOTEBOOKS).glob("*.ipynb")) - set(generated))
+def _orphans(folder: Path, generated: dict) -> list[Path]:
+    return sorted(set(folder.glob("*.ipynb")) - set(generated))
 
 
 def out_of_date(root: Path = ROOT) -> list[str]:
@@ -109,23 +205,26 @@ def out_of_date(root: Path = ROOT) -> list[str]:
             problems.append(f"{rel}: missing (generated from {src})")
         elif json.loads(target.read_text(encoding="utf-8")) != json.loads(text):
             problems.append(f"{rel}: differs from {src}")
-    for orphan in _orphans(root, generated):
+    for orphan in _orphans(root / NOTEBOOKS, generated):
         problems.append(f"{orphan.relative_to(root)}: has no source in {SOURCES}/")
     return problems
 
 
-def sync(root: Path = ROOT) -> list[str]:
-    """Write every notebook from its source, delete notebooks without one; report changes."""
-    generated = _generated(root)
-    (root / NOTEBOOKS).mkdir(exist_ok=True)
+def sync(root: Path = ROOT, edition: str = STUDENT, out: Path | None = None) -> list[str]:
+    """Write every notebook from its source into ``out`` (default ``notebooks/``), delete
+    notebooks there without one; report changes. ``notebooks/`` holds the student edition; the
+    instructors' edition goes elsewhere (``make book-instructor`` writes it next to its book)."""
+    folder = out or root / NOTEBOOKS
+    generated = _generated(root, edition, folder)
+    folder.mkdir(parents=True, exist_ok=True)
     changes = []
     for target, (_, text) in generated.items():
         if not target.exists() or target.read_text(encoding="utf-8") != text:
             target.write_text(text, encoding="utf-8", newline="\n")
-            changes.append(f"wrote {target.relative_to(root)}")
-    for orphan in _orphans(root, generated):
+            changes.append(f"wrote {target}")
+    for orphan in _orphans(folder, generated):
         orphan.unlink()
-        changes.append(f"deleted {orphan.relative_to(root)} (no source in {SOURCES}/)")
+        changes.append(f"deleted {orphan} (no source in {SOURCES}/)")
     return changes
 
 
@@ -205,18 +304,13 @@ def _extract(tar: tarfile.TarFile, member: str, out: Path) -> Path:
     return out
 
 
-# --------------------------------------------------------------------------- exercises
+# --------------------------------------------------------------------------- book editions
 
 SOLUTIONS_ENV = "MINIMODELS_BOOK_SOLUTIONS"  # "show": the instructors' edition
-SOLUTION_TAG = "solution"
-STUDENT_NOTE = (
-    ":::{note}\nThe solution is hidden in the student edition of the book. In the notebook the "
-    "cell holds a working solution marked `# SOLUTION`: delete it, write your own, and run the "
-    "check below.\n:::"
-)
 INSTRUCTOR_NOTE = (
     ":::{admonition} Solution (instructors' edition)\n:class: tip\nThe cell below is a worked "
-    "solution. The student edition hides it and shows a note in its place.\n:::"
+    "solution. Students see its stub: the signature, the docstring and `raise "
+    "NotImplementedError(hint)`.\n:::"
 )  # an admonition needs a body: an empty one is an error in the build
 
 
@@ -227,35 +321,28 @@ def solutions_shown() -> bool:
     return os.environ.get(SOLUTIONS_ENV, "").strip().lower() == "show"
 
 
-def edition(notebook: dict, show_solutions: bool) -> dict:
-    """The notebook as the student or the instructors' book shows it.
-
-    Every code cell tagged ``solution`` still runs (its check cell needs it), but in the student
-    edition it is removed from the page (tag ``remove-cell``) and replaced by a note; in the
-    instructors' edition it is shown under a "Solution" label. Returns a new notebook dict.
-    """
+def edition(notebook: dict) -> dict:
+    """The instructors' edition of a notebook as the book shows it: a "Solution" label above
+    each solution cell. Returns a new notebook dict (the student edition needs no change: its
+    stubs are the page)."""
     cells = []
     for cell in notebook["cells"]:
         tags = cell.get("metadata", {}).get("tags", [])
         if cell["cell_type"] == "code" and SOLUTION_TAG in tags:
-            note = INSTRUCTOR_NOTE if show_solutions else STUDENT_NOTE
-            cells.append({"cell_type": "markdown", "metadata": {}, "source": note})
-            if not show_solutions:
-                metadata = dict(cell.get("metadata", {}))
-                metadata["tags"] = [*tags, "remove-cell"]
-                cell = {**cell, "metadata": metadata}
+            cells.append({"cell_type": "markdown", "metadata": {}, "source": INSTRUCTOR_NOTE})
         cells.append(cell)
     return {**notebook, "cells": [{**c, "id": f"ed-{i:03d}"} for i, c in enumerate(cells)]}
 
 
 def _exercise_edition(app, docname: str, source: list) -> None:
-    """Sphinx ``source-read``: apply :func:`edition` to each notebook as it is read."""
-    if not docname.startswith(NOTEBOOKS + "/") or not str(app.env.doc2path(docname)).endswith(
-        ".ipynb"
-    ):
+    """Sphinx ``source-read``: in the instructors' build, read each notebook's instructors'
+    edition (rendered from its source in lectures_src/) instead of the student's stubs."""
+    path = Path(app.env.doc2path(docname))
+    if not solutions_shown() or not docname.startswith(NOTEBOOKS + "/") or path.suffix != ".ipynb":
         return
-    notebook = json.loads(source[0])
-    source[0] = json.dumps(edition(notebook, solutions_shown()))
+    root = Path(app.srcdir)
+    text = render(root / SOURCES / f"{path.stem}.md", repo_url(root), INSTRUCTOR)
+    source[0] = json.dumps(edition(json.loads(text)))
 
 
 def _use_vendored_js(app, config) -> None:
@@ -524,7 +611,11 @@ def screenshots(root: Path = ROOT, width: int = 1280, height: int = 1400) -> lis
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python tools/coursebook.py", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("sync", help="write notebooks/*.ipynb from lectures_src/*.md")
+    sync_cmd = sub.add_parser("sync", help="write notebooks/*.ipynb from lectures_src/*.md")
+    sync_cmd.add_argument(
+        "--edition", choices=EDITIONS, default=STUDENT, help="student (stubs) or instructor"
+    )
+    sync_cmd.add_argument("--out", type=Path, help="folder to write (default: notebooks/)")
     sub.add_parser("check", help="exit 1 if a notebook is not what sync would write")
     sub.add_parser("vendor-js", help="copy widget and maths JavaScript from npm")
     structural = sub.add_parser("structural-config", help="_config.yml without execution")
@@ -538,7 +629,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "sync":
-        changes = sync()
+        if args.edition == INSTRUCTOR and args.out is None:
+            parser.error("notebooks/ holds the student edition: give --out for the instructors'")
+        changes = sync(edition=args.edition, out=args.out)
         print("\n".join(changes) if changes else "notebooks/ already matches lectures_src/")
     elif args.command == "check":
         problems = out_of_date()

@@ -135,6 +135,24 @@ def hard_negative(scene: dict, template: int, rng: np.random.Generator) -> tuple
     return describe({**scene, "objects": new}, template=template), kind
 
 
+def colour_exchange(scene: dict, template: int) -> str | None:
+    """The caption (in `template`) of the scene with two objects' colours exchanged, the first
+    pair whose exchange changes which colour-shape pairs the scene holds; None when none does.
+
+    The same words as the true caption, bound differently: a bag of words cannot tell them
+    apart. (Notebook 03's exercise asks for this function; its later cells use this one.)
+    """
+    objects = check_scene(scene)["objects"]
+    present = {(o["color"], o["shape"]) for o in objects}
+    for i in range(len(objects)):
+        for j in range(i + 1, len(objects)):
+            new = [dict(o) for o in objects]
+            new[i]["color"], new[j]["color"] = objects[j]["color"], objects[i]["color"]
+            if {(o["color"], o["shape"]) for o in new} != present:
+                return describe({**scene, "objects": new}, template=template)
+    return None
+
+
 def relation_negative(scene: dict) -> tuple[str, str] | None:
     """A relation caption (template 2) and its relation swap: the two related objects exchanged,
     'a red circle to the left of a blue square' -> 'a blue square to the left of a red circle'.

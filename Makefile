@@ -46,7 +46,7 @@ $(STAMP): pyproject.toml | $(PY)
 # ---------------------------------------------------------------------------- book
 
 book: check-notebooks vendor-js | $(STAMP)
-	$(BIN)/jupyter-book build . $(JB_FLAGS)
+	MINIMODELS_CLAIMS=strict $(BIN)/jupyter-book build . $(JB_FLAGS)
 	@echo "The book: $(CURDIR)/_build/html/index.html"
 
 # notebooks/ holds the student edition (stubs). With MINIMODELS_BOOK_SOLUTIONS=show the book reads
@@ -55,7 +55,8 @@ book: check-notebooks vendor-js | $(STAMP)
 # JupyterLab or Colab, are written next to that book.
 book-instructor: check-notebooks vendor-js | $(STAMP)
 	$(BOOK) sync --edition instructor --out _build/instructor/notebooks
-	MINIMODELS_BOOK_SOLUTIONS=show MINIMODELS_EXERCISES=require $(BIN)/jupyter-book build . \
+	MINIMODELS_BOOK_SOLUTIONS=show MINIMODELS_EXERCISES=require MINIMODELS_CLAIMS=strict \
+		$(BIN)/jupyter-book build . \
 		--path-output _build/instructor $(JB_FLAGS)
 	@echo "The instructors' book: $(CURDIR)/_build/instructor/_build/html/index.html"
 	@echo "The instructors' notebooks: $(CURDIR)/_build/instructor/notebooks/"
@@ -91,12 +92,13 @@ lint: | $(STAMP)
 # The package's tests, the checks of tests/test_project.py (notebooks in sync with their
 # sources, no outputs, ...) and every notebook run top to bottom by nbval, in one session: the
 # student notebook as it is (stubs), then in the same kernel each solution of the instructors'
-# edition and its check (conftest.py).
+# edition and its check (conftest.py). MINIMODELS_CLAIMS=strict: what a page's text says of its
+# figures must hold (minimodels.viz.check_claims); a student who turns a knob gets a note instead.
 # One math thread per worker: two workers with two threads each oversubscribe two cores and
 # slow torch down many times over.
 pytest: | $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests notebooks \
-		--nbval-lax --nbval-current-env
+	OMP_NUM_THREADS=1 MINIMODELS_CLAIMS=strict $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile \
+		tests notebooks --nbval-lax --nbval-current-env
 
 # The book built from the notebooks as they are (no outputs, no execution), warnings as errors:
 # catches broken links, citations and toc entries in seconds.

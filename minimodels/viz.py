@@ -6,6 +6,7 @@ notebook shows it (last expression) or saves it.
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Sequence
 
@@ -164,3 +165,25 @@ def glue(name: str, value) -> None:
         raise TypeError(f"name must be a non-empty string; got {name!r}")
     metadata = {"scrapbook": {"name": name, "mime_prefix": GLUE_PREFIX}}
     display({GLUE_PREFIX + "text/plain": repr(value)}, raw=True, metadata=metadata)
+
+
+CLAIMS_ENV = "MINIMODELS_CLAIMS"  # "strict" (make test): a false claim fails the notebook
+
+
+def check_claims(claims: dict[str, bool]) -> list[str]:
+    """Check what the text says of the figures on a page: ``{"sentence": holds, ...}``.
+
+    The prose describes the page run with its own settings. A student who turns a knob (a
+    seed, a step count) may get figures for which a sentence no longer holds: that is a finding,
+    not an error, so it is printed as a note and the notebook runs on. Under
+    ``MINIMODELS_CLAIMS=strict`` (set by `make test`, which runs the page's own settings) a
+    false claim raises AssertionError. Returns the claims that do not hold.
+    """
+    if not isinstance(claims, dict) or not claims:
+        raise TypeError(f"claims must be a non-empty dict of sentence -> bool; got {claims!r}")
+    false = [text for text, holds in claims.items() if not bool(holds)]
+    if false and os.environ.get(CLAIMS_ENV, "").strip().lower() == "strict":
+        raise AssertionError("the text says what these figures do not show: " + "; ".join(false))
+    for text in false:
+        print(f"Note: with these settings the text no longer holds here: {text}")
+    return false

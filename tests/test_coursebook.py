@@ -335,3 +335,59 @@ def test_runtime_phrase_rounds_the_median(tmp_path, seconds, words):
     (tmp_path / coursebook.RUNTIMES).write_text(json.dumps(table), encoding="utf-8")
     assert coursebook.runtime_phrase(tmp_path / "lectures_src" / "07_x.md").startswith(words)
     assert "not measured" in coursebook.runtime_phrase(tmp_path / "lectures_src" / "08_y.md")
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def test_figures_in_the_prose_are_glued_not_typed():
+    """A figure the prose states comes from the page (myst-nb glue); at most 20 are typed in
+    (quoted from a paper, or arithmetic such as log₂ 30 ≈ 4.9)."""
+    typed = {s.name: coursebook.typed_figures(s) for s in SOURCES}
+    assert sum(map(len, typed.values())) <= 20, typed
+    glued = [s.name for s in SOURCES if coursebook.glue_count(s) > 0]
+    assert len(glued) > len(SOURCES) / 2, f"glue is used in {glued} only"
+
+
+def test_typed_figures_skip_maths_code_glue_and_links(tmp_path):
+    source = tmp_path / "99_x.md"
+    source.write_text(
+        "# Title\n\nIt reached 0.93 and 85 % of the time, or {glue:text}`acc:.2f`; "
+        "$x = 0.5$, `lr=2e-3 0.1`, [paper](https://arxiv.org/abs/2210.01936), LLaVA-1.5.\n\n"
+        "```{code-cell} ipython3\nprint(0.25)\n```\n",
+        encoding="utf-8",
+    )
+    found = coursebook.typed_figures(source)
+    assert [f.split()[0] for f in found] == ["0.93", "85"], found
+    assert coursebook.glue_count(source) == 1
+
+
+def test_slides_show_glued_values_and_cut_long_cells():
+    glued = {"acc": "0.9375", "name": "'circle'", "n": "64"}
+    text = "{glue:text}`acc:.2f` of {glue:text}`n` ({glue:text}`missing:.1f`)"
+    assert coursebook.myst_for_slides(text, {}, glued) == "0.94 of 64 (…)"
+    executed = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "source": "glue('acc', 0.9375)",
+                "metadata": {},
+                "outputs": [
+                    {
+                        "output_type": "display_data",
+                        "data": {coursebook.GLUE_TEXT: "0.9375"},
+                        "metadata": {"scrapbook": {"name": "acc", "mime_prefix": "x"}},
+                    }
+                ],
+            }
+        ]
+    }
+    assert coursebook.glued_values(executed) == {"acc": "0.9375"}
+    paragraphs = ["\n".join(f"line {p}.{i}" for i in range(6)) for p in range(5)]
+    maths = "$$\na\n\nb\n$$"  # never cut inside display maths
+    long = {"cell_type": "markdown", "metadata": {}, "source": "\n\n".join([*paragraphs, maths])}
+    cut = coursebook.split_long_cells({"cells": [long]})["cells"]
+    assert len(cut) > 1 and all(len(c["source"].splitlines()) <= 20 for c in cut)
+    assert all(c["metadata"]["slideshow"]["slide_type"] == "subslide" for c in cut[1:])
+    assert "$$\na\n\nb\n$$" in cut[-1]["source"]
+    assert "\n\n".join(c["source"] for c in cut).split() == long["source"].split()

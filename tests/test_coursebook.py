@@ -391,3 +391,20 @@ def test_slides_show_glued_values_and_cut_long_cells():
     assert all(c["metadata"]["slideshow"]["slide_type"] == "subslide" for c in cut[1:])
     assert "$$\na\n\nb\n$$" in cut[-1]["source"]
     assert "\n\n".join(c["source"] for c in cut).split() == long["source"].split()
+
+
+MAX_CELL_LINES = 25  # "a cell a student reads in one look"; helpers go into the package
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_code_cells_a_student_reads_are_short(source):
+    """Every code cell is at most MAX_CELL_LINES lines, except the imports cell, the exercises'
+    check cells (a student runs them, the hints are their point) and hidden cells."""
+    code = [c for c in cells(source) if c.cell_type == "code"]
+    long = [
+        f"{c.source.splitlines()[0][:50]!r}: {len(c.source.splitlines())} lines"
+        for c in code[2:]  # code[0]: the Colab install cell, code[1]: the imports
+        if len(c.source.splitlines()) > MAX_CELL_LINES
+        and not {"check", "remove-cell"} & set(tags(c))
+    ]
+    assert not long, f"{source.name}: split these cells or move helpers into the package: {long}"

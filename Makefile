@@ -61,8 +61,8 @@ book-instructor: check-notebooks vendor-js | $(STAMP)
 	@echo "The instructors' book: $(CURDIR)/_build/instructor/_build/html/index.html"
 	@echo "The instructors' notebooks: $(CURDIR)/_build/instructor/notebooks/"
 
-# Outputs come from `make book`'s executed notebooks when they are current, else each notebook
-# is executed here.
+# Outputs come from `make book`'s executed notebooks when they are current and show no glued
+# figure (myst-nb keeps glued values out of them); the others are executed here, minutes.
 slides: check-notebooks | $(STAMP)
 	$(BOOK) slides
 

@@ -391,6 +391,12 @@ def test_slides_show_glued_values_and_cut_long_cells():
     assert all(c["metadata"]["slideshow"]["slide_type"] == "subslide" for c in cut[1:])
     assert "$$\na\n\nb\n$$" in cut[-1]["source"]
     assert "\n\n".join(c["source"] for c in cut).split() == long["source"].split()
+    long["id"] = "cell-007"
+    ids = [c["id"] for c in coursebook.split_long_cells({"cells": [long]})["cells"]]
+    assert ids[0] == "cell-007" and len(set(ids)) == len(ids)
+    hidden = {"cell_type": "code", "metadata": {"tags": ["remove-cell"]}, "source": "glue()"}
+    kinds = coursebook.slide_types({"cells": [long, hidden]})["cells"]
+    assert kinds[-1]["metadata"]["slideshow"]["slide_type"] == "skip"
 
 
 MAX_CELL_LINES = 25  # "a cell a student reads in one look"; helpers go into the package

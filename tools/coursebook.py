@@ -480,7 +480,8 @@ def slide_types(notebook: dict) -> dict:
     """Give each cell without ``slideshow`` metadata a slide type; returns a new notebook.
 
     A source may set ``slideshow: {slide_type: ...}`` on any cell (jupytext keeps it), and that
-    wins. Otherwise a level-1 or level-2 heading starts a slide, a level-3 heading a sub-slide
+    wins. Otherwise a cell hidden in the book (tag remove-cell) is skipped, a level-1 or level-2
+    heading starts a slide, a level-3 heading a sub-slide
     (below it, in reveal.js), a slide that already holds MAX_CELLS_PER_SLIDE cells continues on
     a sub-slide, and the Colab install cell is skipped.
     """
@@ -492,6 +493,8 @@ def slide_types(notebook: dict) -> dict:
         if kind is None:
             if cell["cell_type"] == "code" and first_code and "google.colab" in text:
                 kind = "skip"
+            elif "remove-cell" in cell["metadata"].get("tags", []):
+                kind = "skip"  # hidden in the book (glue, pins, wrong answers): not lecture
             elif cell["cell_type"] == "markdown" and re.match(r"#{1,2} ", text.lstrip()):
                 kind = "slide"
             elif cell["cell_type"] == "markdown" and re.match(r"### ", text.lstrip()):
@@ -602,9 +605,12 @@ def split_long_cells(notebook: dict, max_lines: int = MAX_SLIDE_LINES) -> dict:
         chunks.append("\n".join(current))
         for k, chunk in enumerate(c for c in chunks if c.strip()):
             metadata = dict(cell.get("metadata", {}))
+            part = {**cell, "metadata": metadata, "source": chunk}
             if k > 0:
                 metadata["slideshow"] = {"slide_type": "subslide"}
-            cells.append({**cell, "metadata": metadata, "source": chunk})
+                if "id" in cell:
+                    part["id"] = f"{cell['id']}-{k}"  # cell ids must stay unique
+            cells.append(part)
     return {**notebook, "cells": cells}
 
 
@@ -635,7 +641,8 @@ def slides(root: Path = ROOT, execute: bool = True, pattern: str = "*.ipynb") ->
     """Write reveal.js slides of every notebook into SLIDES_DIR; returns the files written.
 
     Outputs come from the executed copies `make book` leaves in EXECUTED_DIR when they are newer
-    than the notebook; otherwise the notebook is executed here (unless ``execute`` is False).
+    than the notebook and its prose shows no glued figure (myst-nb keeps those out of its
+    copies); otherwise the notebook is executed here (unless ``execute`` is False).
     JavaScript is vendored next to the slides, so they also work offline.
     """
     import nbformat
@@ -659,7 +666,10 @@ def slides(root: Path = ROOT, execute: bool = True, pattern: str = "*.ipynb") ->
     written = []
     for path in sorted((root / NOTEBOOKS).glob(pattern)):
         executed = root / EXECUTED_DIR / path.name
-        if executed.exists() and executed.stat().st_mtime >= path.stat().st_mtime:
+        # myst-nb keeps glued values out of the executed copies it writes: a notebook whose
+        # prose shows glued figures is executed here, so that its slides show them too
+        glues = "{glue" in path.read_text(encoding="utf-8")
+        if executed.exists() and executed.stat().st_mtime >= path.stat().st_mtime and not glues:
             notebook = json.loads(executed.read_text(encoding="utf-8"))
         elif execute:
             from bench import run_notebook
@@ -707,6 +717,10 @@ SCREENSHOT_PAGES = [
     ("student_exercise", "_build/html/notebooks/02_clip.html#exercises"),
     ("instructor_exercise", "_build/instructor/_build/html/notebooks/02_clip.html#exercises"),
     ("slides_clip", "_build/slides/02_clip.slides.html"),
+    ("slides_clip_citations", "_build/slides/02_clip.slides.html#/1"),
+    ("slides_ddpm_glue", "_build/slides/05_ddpm.slides.html#/11"),
+    ("layout_dit_equation", "_build/html/notebooks/06_conditional_diffusion.html#cond-dit"),
+    ("layout_alignment_legend", "_build/html/notebooks/03_vilbert.html#vilbert-alignment"),
 ]
 
 

@@ -170,14 +170,14 @@ def glue(name: str, value) -> None:
 CLAIMS_ENV = "MINIMODELS_CLAIMS"  # "strict" (make test): a false claim fails the notebook
 
 
-def check_claims(claims: dict[str, bool]) -> list[str]:
+def check_claims(claims: dict[str, bool]) -> None:
     """Check what the text says of the figures on a page: ``{"sentence": holds, ...}``.
 
     The prose describes the page run with its own settings. A student who turns a knob (a
     seed, a step count) may get figures for which a sentence no longer holds: that is a finding,
     not an error, so it is printed as a note and the notebook runs on. Under
     ``MINIMODELS_CLAIMS=strict`` (set by `make test`, which runs the page's own settings) a
-    false claim raises AssertionError. Returns the claims that do not hold.
+    false claim raises AssertionError. Returns None, so that a cell ending with it shows nothing.
     """
     if not isinstance(claims, dict) or not claims:
         raise TypeError(f"claims must be a non-empty dict of sentence -> bool; got {claims!r}")
@@ -186,4 +186,3 @@ def check_claims(claims: dict[str, bool]) -> list[str]:
         raise AssertionError("the text says what these figures do not show: " + "; ".join(false))
     for text in false:
         print(f"Note: with these settings the text no longer holds here: {text}")
-    return false

@@ -57,7 +57,7 @@ __all__ = ["DiTConfig", "DiTTransformer2DModel", "DiTBlock", "modulate"]
 @dataclass
 class DiTConfig:
     sample_size: int = 6  # H = W of the input grid (the 6×6 latents of minimodels.latent)
-    in_channels: int = 16  # the latent channels of minimodels.latent
+    in_channels: int = 16  # input channels (train_latent_dit sets the VAE's latent channels)
     out_channels: int = 0  # 0: the same as in_channels (ε̂ has the input's shape)
     patch_size: int = 2  # 6×6 latents -> 3×3 = 9 tokens, one per ShapeWorld grid cell
     hidden_size: int = 96  # D

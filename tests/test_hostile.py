@@ -268,7 +268,7 @@ CASES = {
     "unet.UNet2DModel.forward": lambda: (_seeded(unet.UNet2DModel)().eval().forward, dict(sample=torch.randn(2, 3, 20, 20), timestep=torch.tensor([1, 500]))),
     "dit.DiTTransformer2DModel.forward": lambda: (_seeded(dit.DiTTransformer2DModel)().eval().forward, dict(sample=torch.randn(2, 16, 6, 6), timestep=torch.tensor([1, 500]))),
     "latent.Autoencoder.encode": lambda: (_seeded(latent.Autoencoder)().eval().encode, dict(images=torch.rand(2, 3, 24, 24))),
-    "latent.Autoencoder.decode": lambda: (_seeded(latent.Autoencoder)().eval().decode, dict(latents=torch.randn(2, 16, 6, 6))),
+    "latent.Autoencoder.decode": lambda: (_seeded(latent.Autoencoder)().eval().decode, dict(latents=torch.randn(2, 4, 6, 6))),
     "gan.ConditionalGAN.generate": lambda: (_seeded(gan.ConditionalGAN)().eval().generate, dict(prompts=["a red circle"], seed=0)),
     "pipelines.DDPMPipeline.__call__": lambda: (DDPMPipeline(_seeded(unet.UNet2DModel)().eval(), _seeded(unet.UNet2DModel)().eval()).__call__, dict(batch_size=2, num_inference_steps=2, guidance_scale=2.0, guidance_interval=(0, 500))),
     "pipelines.TextToImagePipeline.__call__": lambda: (_text_to_image().__call__, dict(prompt=["a red circle"], negative_prompt="a blue square", num_images_per_prompt=1, num_inference_steps=2, guidance_scale=3.0)),

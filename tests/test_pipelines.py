@@ -238,7 +238,9 @@ def test_latent_guidance_extrapolates_and_decodes_once(latent_pipe):
     prompt = ["a red circle", "a blue square"]
     images = latent_pipe(prompt, guidance_scale=3.0, num_inference_steps=1,
                          generator=torch.Generator().manual_seed(1))  # fmt: skip
-    z_T = torch.randn((2, 16, 6, 6), generator=torch.Generator().manual_seed(1))
+    z_T = torch.randn(
+        (2,) + latent_pipe.vae.latent_shape, generator=torch.Generator().manual_seed(1)
+    )
     c = latent_pipe.encode_prompt(prompt).mean(1)[:, None, None, None]
     eps = 0.1 * z_T + 3.0 * ((0.3 * z_T + c) - 0.1 * z_T)
     ab = latent_pipe.scheduler.alphas_cumprod[latent_pipe.scheduler.timesteps[0]]

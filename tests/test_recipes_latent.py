@@ -1,5 +1,5 @@
-"""Latent diffusion's recipe: the PCA fit, the training pool, DiT training, the shipped weights
-and the two evaluations."""
+"""Latent diffusion's recipe: the VAE's training, the training pool, DiT training, the shipped
+weights and the two evaluations."""
 
 import pytest
 import torch
@@ -10,54 +10,44 @@ from minimodels.checkpoint import weights_path
 from minimodels.data.images import to_tensor
 from minimodels.diffusion import DDIMScheduler
 from minimodels.dit import DiTConfig, DiTTransformer2DModel
-from minimodels.latent import Autoencoder, AutoencoderConfig
+from minimodels.latent import Autoencoder
 from minimodels.pipelines import LatentDiffusionPipeline
 from minimodels.recipes.latent import (
     colour_faithfulness,
     evaluate_dit,
     evaluate_latent,
-    fit_autoencoder,
     latent_training_pool,
     load_dit,
     load_latent,
     train_autoencoder,
     train_latent_dit,
+    vae_loss,
 )
 
 SHIPPED = weights_path("latent").with_suffix(".safetensors").exists()
 SHIPPED_DIT = weights_path("dit").with_suffix(".safetensors").exists()
 
 
-def test_pca_fit_is_the_best_linear_code_and_whitened():
-    images = to_tensor(sw.generate("train", 256, seed=3, image_size=24)[0], (-1, 1))
-    test = to_tensor(sw.generate("test", 64, seed=4, image_size=24)[0], (-1, 1))
-    errors = {}
-    for k in (4, 16, 48):
-        vae, history = fit_autoencoder(images, AutoencoderConfig(latent_channels=k))
-        with torch.no_grad():
-            z = vae.encode(images)
-            errors[k] = torch.nn.functional.mse_loss(vae(test), test).item()
-        assert history[0] < 0.05
-        # whitened codes: each latent channel has mean 0 and variance 1 on the fitting images
-        torch.testing.assert_close(z.mean((0, 2, 3)), torch.zeros(k), atol=1e-4, rtol=0)
-        torch.testing.assert_close(z.std((0, 2, 3)), torch.ones(k), atol=2e-2, rtol=0)
-    assert errors[4] > errors[16] > errors[48]  # a longer code keeps more
-    assert errors[48] < 1e-8  # 48 = the whole patch: a perfect round trip
-    # the PCA code beats a random linear code of the same length fitted by least squares
+def test_vae_loss_is_reconstruction_plus_beta_kl():
     torch.manual_seed(0)
-    vae, _ = fit_autoencoder(images, AutoencoderConfig(latent_channels=16))
-    p = torch.nn.functional.unfold(images, 4, stride=4).transpose(1, 2).reshape(-1, 48)
-    W = torch.randn(48, 16)
-    coef = torch.linalg.lstsq(p @ W, p).solution
-    q = torch.nn.functional.unfold(test, 4, stride=4).transpose(1, 2).reshape(-1, 48)
-    assert errors[16] < ((q @ W @ coef - q) ** 2).mean().item()
+    vae = Autoencoder()
+    x = to_tensor(sw.generate("train", 8, seed=3, image_size=24)[0], (-1, 1))
+    plain = vae_loss(vae, x, 0.0, torch.Generator().manual_seed(1))
+    weighted = vae_loss(vae, x, 2.0, torch.Generator().manual_seed(1))
+    mean, logvar = vae.encode_distribution(x)
+    kl = vae.kl_divergence(mean, logvar).mean() / x[0].numel()
+    torch.testing.assert_close(weighted - plain, 2.0 * kl)
 
 
-def test_train_autoencoder_is_deterministic_and_checks_its_size():
-    a, history = train_autoencoder(n_images=64, seed=1, device="cpu")
-    b, _ = train_autoencoder(n_images=64, seed=1, device="cpu")
-    assert isinstance(a, Autoencoder) and len(history) == 1
+def test_train_autoencoder_learns_is_deterministic_and_scales_its_latents():
+    a, history = train_autoencoder(steps=60, n_images=128, seed=1, progress=False, device="cpu")
+    b, _ = train_autoencoder(steps=60, n_images=128, seed=1, progress=False, device="cpu")
+    assert isinstance(a, Autoencoder) and len(history) == 60 and not a.training
+    assert sum(history[-10:]) / 10 < 0.5 * sum(history[:10]) / 10
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    x = to_tensor(sw.generate("train", 64, seed=5, image_size=24)[0], (-1, 1))
+    with torch.no_grad():
+        assert 0.5 < a.scale_latents(a.encode(x)).std().item() < 2.0  # about unit variance
     with pytest.raises(ValueError, match="n_images"):
         train_autoencoder(n_images=1)
 
@@ -66,7 +56,7 @@ def test_training_pool_holds_scaled_latents_and_unit_prompt_embeddings():
     torch.manual_seed(0)
     vae, clip = Autoencoder().eval(), minimodels.pretrained("clip")
     latents, embeds = latent_training_pool(vae, clip, n=40, seed=2, batch_size=16)
-    assert latents.shape == (40, 16, 6, 6) and embeds.shape == (40, clip.config.embed_dim)
+    assert latents.shape == (40, 4, 6, 6) and embeds.shape == (40, clip.config.embed_dim)
     torch.testing.assert_close(embeds.norm(dim=1), torch.ones(40))
     again, _ = latent_training_pool(vae, clip, n=40, seed=2, batch_size=16)
     assert torch.equal(latents, again)
@@ -75,7 +65,7 @@ def test_training_pool_holds_scaled_latents_and_unit_prompt_embeddings():
 def test_latent_dit_training_lowers_the_loss():
     torch.manual_seed(0)
     vae = Autoencoder().eval()
-    cfg = DiTConfig(hidden_size=32, num_layers=1, num_attention_heads=2, cond_dim=64)
+    cfg = DiTConfig(in_channels=4, hidden_size=32, num_layers=1, num_attention_heads=2, cond_dim=64)
     model, history = train_latent_dit(vae, minimodels.pretrained("clip"), steps=60,
                                       pool_size=256, config=cfg, progress=False)  # fmt: skip
     assert isinstance(model, DiTTransformer2DModel) and not model.training
@@ -95,7 +85,9 @@ def test_shipped_autoencoder_keeps_what_the_judge_reads():
     truth = [{(o["color"], o["shape"]) for o in s["objects"]} for s in scenes]
     got = [{(o["color"], o["shape"]) for o in r["objects"]} for r in read]
     accuracy = sum(t == g for t, g in zip(truth, got)) / len(truth)
-    assert accuracy >= 0.85, f"the judge reads {accuracy:.2f} of the reconstructions right"
+    # 4 numbers per 4×4 region (12× fewer than pixels) lose some small objects: about three
+    # scenes in four come back exactly (evaluate latent: judge_exact)
+    assert accuracy >= 0.65, f"the judge reads {accuracy:.2f} of the reconstructions right"
 
 
 @pytest.mark.skipif(not SHIPPED_DIT, reason="no shipped DiT")
@@ -118,10 +110,10 @@ def test_shipped_latent_dit_follows_the_colour_of_the_prompt_with_guidance():
 @pytest.mark.skipif(not SHIPPED, reason="no shipped latent weights")
 def test_evaluate_latent_reports_a_faithful_reconstruction():
     out = evaluate_latent(seed=3, n=32)
-    assert out["latent_shape"] == [16, 6, 6] and out["compression"] == 3.0
-    assert out["reconstruction_mse"] < 0.02 and out["psnr_db"] > 20
-    assert 0.8 <= out["judge_exact"] <= out["judge_exact_original"] + 0.1
-    assert abs(out["latent_std"] - 1) < 0.2  # whitened codes
+    assert out["latent_shape"] == [4, 6, 6] and out["compression"] == 12.0
+    assert out["reconstruction_mse"] < 0.02 and out["psnr_db"] >= 24
+    assert 0.6 <= out["judge_exact"] <= out["judge_exact_original"] + 0.1
+    assert abs(out["latent_std"] - 1) < 0.2  # scaled to unit variance
     assert {k: v for k, v in out.items() if "seconds" not in k} == {
         k: v for k, v in evaluate_latent(seed=3, n=32).items() if "seconds" not in k
     }

@@ -1,7 +1,7 @@
 """Recipe of latent diffusion: the autoencoder (`latent`) and the text-conditioned DiT on its
 latents (`dit`, shipped as a `LatentDiffusionPipeline` with the shipped CLIP).
 
-    python -m minimodels.pretrain latent     # PCA of 4×4 patches, seconds
+    python -m minimodels.pretrain latent     # the VAE, minutes on one thread
     python -m minimodels.pretrain dit        # 4000 steps on the latents, minutes on one thread
     python -m minimodels.evaluate latent     # reconstruction error, what the judge still reads
     python -m minimodels.evaluate dit        # valid shapes, prompt faithfulness, seconds/image
@@ -25,20 +25,19 @@ from minimodels.diffusion import DDIMScheduler, DDPMScheduler
 from minimodels.dit import DiTConfig, DiTTransformer2DModel
 from minimodels.judge import COLOR_CLASSES
 from minimodels.latent import Autoencoder, AutoencoderConfig
-from minimodels.layers import patchify
 from minimodels.metrics import cell_confidence, fid_toy, prompt_faithfulness, valid_shape_rate
 from minimodels.pipelines import LatentDiffusionPipeline
 from minimodels.text import Tokenizer
 from minimodels.train import fit, get_device, seed_everything
 
 # ----------------------------------------------------------------------------------------------
-# 1. The autoencoder, fitted in closed form
+# 1. The autoencoder: a small VAE
 # ----------------------------------------------------------------------------------------------
 
 
 def autoencoder_images(n: int, seed: int, image_size: int) -> torch.Tensor:
-    """n fitting images in [-1, 1] (n, 3, S, S): 1-3 objects, three quarters `train`, a quarter
-    `heldout` (so that every colour-shape pair is seen)."""
+    """n training images in [-1, 1] (n, 3, S, S): 1-3 objects, three quarters `train`, a
+    quarter `heldout` (so that every colour-shape pair is seen)."""
     stream = 3_000_000 * (seed + 1)  # scene seeds apart from evaluation seeds
     k = n // 4
     held, _ = generate("heldout", k, seed=stream, image_size=image_size)
@@ -46,50 +45,58 @@ def autoencoder_images(n: int, seed: int, image_size: int) -> torch.Tensor:
     return to_tensor(np.concatenate([train, held]), (-1, 1))
 
 
-@torch.no_grad()
-def fit_autoencoder(
-    images: torch.Tensor, config: AutoencoderConfig | None = None
-) -> tuple[Autoencoder, list[float]]:
-    """Fit the linear patch autoencoder to images (B, 3, H, W) in [-1, 1] by PCA.
-
-    With patches p (n, 48), their mean μ and the SVD p − μ = U S Vᵀ, the top k rows of Vᵀ
-    (V_k, (k, 48)) span the best k-dimensional linear code. Whitened:
-
-        z = (p − μ) V_kᵀ / σ,     p̃ = μ + (z ⊙ σ) V_k,     σ = S_k / √(n − 1)
-
-    Returns the model and [mean squared reconstruction error] (the "loss history").
-    """
-    model = Autoencoder(config)
-    c = model.config
-    model._check(images, "images", (c.in_channels, c.image_size, c.image_size))
-    patches = patchify(images.double(), c.patch_size).reshape(-1, model.encoder.in_features)
-    mu = patches.mean(0)  # μ: (48,)
-    _, S, Vt = torch.linalg.svd(patches - mu, full_matrices=False)
-    V_k = Vt[: c.latent_channels]  # (k, 48): the principal directions
-    sigma = S[: c.latent_channels] / (len(patches) - 1) ** 0.5  # std of each code
-    model.encoder.weight.copy_(V_k / sigma[:, None])  # z = (p − μ) V_kᵀ / σ
-    model.encoder.bias.copy_(-(V_k @ mu) / sigma)
-    model.decoder.weight.copy_((V_k * sigma[:, None]).T)  # p̃ = μ + (z ⊙ σ) V_k
-    model.decoder.bias.copy_(mu)
-    model.eval()
-    mse = F.mse_loss(model(images.float()), images.float()).item()
-    return model, [mse]
+def vae_loss(model: Autoencoder, images: torch.Tensor, beta: float, generator=None):
+    """The VAE's negative ELBO per pixel value: ‖x − decode(z)‖² (mean) + β · KL / (pixel values),
+    with z = μ + σ ⊙ ε drawn from q(z | x) (the reparameterisation trick)."""
+    mean, logvar = model.encode_distribution(images)
+    noise = torch.randn(mean.shape, generator=generator).to(mean.device)
+    z = mean + (0.5 * logvar).exp() * noise  # z ~ q(z | x), differentiable in μ and σ
+    reconstruction = F.mse_loss(model.decode(z), images.to(mean.device))
+    kl = model.kl_divergence(mean, logvar).mean() / images[0].numel()
+    return reconstruction + beta * kl
 
 
 def train_autoencoder(
-    n_images: int = 4096, seed: int = 0, config: AutoencoderConfig | None = None, device=None
+    steps: int = 2000,
+    seed: int = 0,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    beta: float = 1e-3,
+    n_images: int = 8192,
+    config: AutoencoderConfig | None = None,
+    progress: bool = True,
+    device=None,
 ) -> tuple[Autoencoder, list[float]]:
-    """Fit the autoencoder on n_images fresh ShapeWorld images (what `pretrain latent` runs)."""
-    n_images = check_int(n_images, "n_images", 2)
+    """Train the VAE on n_images fresh ShapeWorld images (what `pretrain latent` runs).
+
+    Afterwards scaling_factor is set to 1 / (std of the latents μ(x) on the training images),
+    so that the scaled latents z₀ have unit variance, as diffusion expects.
+    """
+    steps, n_images = check_int(steps, "steps", 1), check_int(n_images, "n_images", 2)
+    beta = check_float(beta, "beta", 0.0)
     seed_everything(seed)
-    size = (config or AutoencoderConfig()).image_size
-    model, history = fit_autoencoder(autoencoder_images(n_images, seed, size), config)
-    return model.to(get_device(device)), history
+    device = get_device(device)
+    model = Autoencoder(config).to(device)
+    images = autoencoder_images(n_images, seed, model.config.image_size)
+    gen = torch.Generator().manual_seed(seed)
+
+    def batch(step):
+        return images[torch.randint(0, len(images), (batch_size,), generator=gen)]
+
+    history = fit(
+        model, lambda m, x: vae_loss(m, x, beta, gen), batch, steps=steps, lr=lr, warmup=100,
+        cosine=True, progress=progress, desc="VAE",
+    )  # fmt: skip
+    model.eval()
+    with torch.no_grad():
+        z = torch.cat([model.encode(images[s : s + 512]) for s in range(0, len(images), 512)])
+    model.config.scaling_factor = round(1.0 / z.std().item(), 5)
+    return model, history
 
 
 def pretrain_latent(steps: int, seed: int, device=None):
-    """The shipped autoencoder: 16 numbers per 4×4 patch; `steps` is the number of images."""
-    return train_autoencoder(n_images=steps, seed=seed, device=device)
+    """The shipped VAE: 4 latent numbers per 4×4 patch (batches of 64, lr 2e-3, β = 1e-3)."""
+    return train_autoencoder(steps=steps, seed=seed, device=device)
 
 
 def load_latent(device=None) -> Autoencoder:
@@ -103,7 +110,7 @@ def load_latent(device=None) -> Autoencoder:
 
 
 def latent_training_pool(vae, clip, n: int = 8192, seed: int = 0, batch_size: int = 512):
-    """Scaled latents z₀ (n, 16, 6, 6) and CLIP prompt embeddings (n, E) of fresh scenes.
+    """Scaled latents z₀ (n, 4, 6, 6) and CLIP prompt embeddings (n, E) of fresh scenes.
 
     The scenes are those of the pixel-space text model (`recipes.ddpm.training_batch`): one
     large object on the `train` split, prompted half by 'a red circle', half by the caption.
@@ -122,7 +129,7 @@ def latent_training_pool(vae, clip, n: int = 8192, seed: int = 0, batch_size: in
         prompts = mixed_captions(scenes, rng, 0.5)
         x = to_tensor(render(scenes, size), (-1, 1))  # (m, 3, S, S) in [-1, 1]
         with torch.no_grad():
-            latents.append(vae.scale_latents(vae.encode(x)).cpu())  # z₀: (m, 16, 6, 6)
+            latents.append(vae.scale_latents(vae.encode(x)).cpu())  # z₀: (m, 4, 6, 6)
             tokens = tokenizer(prompts, padding=True)
             embeds.append(clip.encode_text(tokens, normalize=True).cpu())  # (m, E)
     return torch.cat(latents), torch.cat(embeds)
@@ -214,14 +221,14 @@ def evaluate_latent(seed: int = 0, n: int = 256, device=None) -> dict:
     reconstruction_mse (in [-1, 1]) and psnr_db (of [0, 1] images); judge_exact: the share of
     images whose objects (colour and shape) the judge reads exactly as the scene holds them,
     for the reconstructions and (the floor of the judge itself) the originals; latent_shape,
-    compression (pixels per latent number) and latent_std (mean std of a latent channel on
-    these images: about 1, the codes are whitened); seconds per image of encode + decode.
+    compression (pixels per latent number) and latent_std (std of the scaled latents z₀ on
+    these images: about 1, what scaling_factor is for); seconds per image of encode + decode.
     """
     vae, judge = load_latent(device), pretrained("judge")
     images, scenes = generate("test", n, seed=seed, image_size=vae.config.image_size)
     x = to_tensor(images, (-1, 1))  # (n, 3, 24, 24) in [-1, 1]
     start = time.perf_counter()
-    z = vae.encode(x)  # (n, 16, 6, 6)
+    z = vae.encode(x)  # (n, 4, 6, 6)
     recon = vae.decode(z).clamp(-1, 1).cpu()
     seconds = (time.perf_counter() - start) / n
     mse = F.mse_loss(recon, x).item()
@@ -236,7 +243,7 @@ def evaluate_latent(seed: int = 0, n: int = 256, device=None) -> dict:
         "n": n,
         "latent_shape": list(vae.latent_shape),
         "compression": round(x[0].numel() / z[0].numel(), 2),
-        "latent_std": round(z.std(dim=(0, 2, 3)).mean().item(), 4),
+        "latent_std": round(vae.scale_latents(z).std().item(), 4),
         "reconstruction_mse": round(mse, 5),
         "psnr_db": round(10 * np.log10(4 / mse), 2),  # peak-to-peak 2 in [-1, 1]
         "judge_exact": exact(to_unit(recon)),
@@ -258,10 +265,9 @@ def evaluate_dit(seed: int = 0, n: int = 256, device=None, guidance_scale: float
 
     For w = guidance_scale, 1 (no guidance), 0 (the prompt ignored) and 7 (_guidance_7, as in
     notebook 06's sweep): prompt_faithfulness (the judge's surest object has the asked colour
-    and shape) and colour_faithfulness (the colour alone: this DiT follows colours, but draws
-    soft blobs more often than shapes); for the samples at guidance_scale valid_shape_rate
-    and fid_toy against n real 24×24 images (the floor fid_toy_real); seconds per guided image
-    on a batch of 64.
+    and shape) and colour_faithfulness (the colour alone, an easier test); for the samples at
+    guidance_scale valid_shape_rate and fid_toy against n real 24×24 images (the floor
+    fid_toy_real); seconds per guided image on a batch of 64.
     """
     pipe, judge = load_dit(device), pretrained("judge")
     c = pipe.vae.config

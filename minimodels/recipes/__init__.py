@@ -37,7 +37,7 @@ SHIPPED: dict[str, Shipped] = {
     "ddpm": Shipped("ddpm", 8500, 256),
     "ddpm-weak": Shipped("ddpm", 3000, 256),
     "ddpm-text": Shipped("ddpm", 10000, 256),
-    "latent": Shipped("latent", 4096, 256),
+    "latent": Shipped("latent", 2000, 256),
     "dit": Shipped("latent", 4000, 256),
     "gpt": Shipped("gpt", 2000, 500),
     "llava": Shipped("llava", 14000, 500),

@@ -193,12 +193,19 @@ def check_finite(x: torch.Tensor, name: str) -> None:
 
 
 def check_images(
-    images, name: str = "images", size: int | None = None, channels: int = 3, atol: float = 1e-3
+    images,
+    name: str = "images",
+    size: int | None = None,
+    channels: int = 3,
+    atol: float = 1e-3,
+    normalized: bool = False,
 ):
     """Images as the vision models take them -> float32 (B, C, H, W) in [0, 1].
 
     uint8 (B, C, H, W) in 0..255 or float in [0, 1] (± atol); numpy arrays are accepted.
     ``size``: the height and width required (None: any). The range is read on CPU tensors only.
+    ``normalized=True``: float pixel values an image processor has already normalised,
+    (x − mean) / std per channel, so any finite values (and no uint8).
     """
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.ascontiguousarray(images))
@@ -221,6 +228,12 @@ def check_images(
         raise ValueError(f"{name} must be {size}×{size}; got shape {tuple(images.shape)}")
     if images.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (B = 0)")
+    if normalized:
+        if not images.is_floating_point():
+            raise TypeError(f"{name} must be float pixel values normalised by the model's image "
+                            f"processor, (x − mean) / std; got {images.dtype}")  # fmt: skip
+        check_finite(images, name)
+        return images.float()
     if images.dtype == torch.uint8:
         return images.float() / 255.0
     if not images.is_floating_point():

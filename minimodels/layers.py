@@ -196,6 +196,24 @@ class MultiHeadAttention(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
+class QuickGELU(nn.Module):
+    """QuickGELU(h) = h σ(1.702 h), OpenAI CLIP's sigmoid approximation of GELU."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * torch.sigmoid(1.702 * h)
+
+
+# The MLP's non-linearity in a TransformerBlock, by name (Φ: the standard normal CDF):
+#   "gelu":       GELU(h) = h Φ(h)                                     (exact, erf)
+#   "gelu_tanh":  GELU(h) ≈ ½ h (1 + tanh(√(2/π) (h + 0.044715 h³)))   (GPT-2's "gelu_new")
+#   "quick_gelu": GELU(h) ≈ h σ(1.702 h)                               (OpenAI CLIP's)
+ACTIVATIONS = {
+    "gelu": lambda: nn.GELU(),
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "quick_gelu": lambda: QuickGELU(),
+}
+
+
 class TransformerBlock(nn.Module):
     """Pre-norm transformer block (as in GPT-2 and ViT)::
 
@@ -210,6 +228,8 @@ class TransformerBlock(nn.Module):
         cross_attention: add a cross-attention sub-layer (queries from x, keys/values from
             ``context``), as in a text-conditioned diffusion U-Net or a decoder.
         context_dim: width of ``context`` (default ``dim``); only with ``cross_attention=True``.
+        activation: the MLP's non-linearity, a key of `ACTIVATIONS` (default ``"gelu"``).
+        eps: the LayerNorms' ε, LN(x) = (x − mean) / √(var + ε) · γ + β (PyTorch's 1e-5).
 
     ``forward(x, context=None, *, key_padding_mask=None, attn_mask=None, is_causal=False,
     context_padding_mask=None, return_attention=False)``:
@@ -228,21 +248,23 @@ class TransformerBlock(nn.Module):
         dropout: float = 0.0,
         cross_attention: bool = False,
         context_dim: int | None = None,
+        activation: str = "gelu",
+        eps: float = 1e-5,
     ):
         super().__init__()
         hidden = max(1, int(round(mlp_ratio * dim)))
         self.dim = dim
         self.cross_attention = cross_attention
 
-        self.ln_1 = nn.LayerNorm(dim)
+        self.ln_1 = nn.LayerNorm(dim, eps=eps)
         self.attn = MultiHeadAttention(dim, num_heads, dropout=dropout)
         if cross_attention:
-            self.ln_cross = nn.LayerNorm(dim)
+            self.ln_cross = nn.LayerNorm(dim, eps=eps)
             self.cross_attn = MultiHeadAttention(dim, num_heads, context_dim, dropout=dropout)
-        self.ln_2 = nn.LayerNorm(dim)
+        self.ln_2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = nn.Sequential(
             nn.Linear(dim, hidden),  # W₁: (B, T, C) -> (B, T, mlp_ratio·C)
-            nn.GELU(),
+            ACTIVATIONS[activation](),
             nn.Linear(hidden, dim),  # W₂: back to (B, T, C)
             nn.Dropout(dropout),
         )
@@ -321,7 +343,8 @@ class PatchEmbedding(nn.Module):
 
     The linear map E on flattened patches is implemented as a Conv2d whose kernel and stride
     equal the patch size (the same maths, faster). A learned [CLS] token is prepended when
-    ``cls_token=True``; learned position embeddings (one per token) are added.
+    ``cls_token=True``; learned position embeddings (one per token) are added. ``bias=False``
+    leaves out the conv's bias (as OpenAI's CLIP does).
     """
 
     def __init__(
@@ -331,6 +354,7 @@ class PatchEmbedding(nn.Module):
         in_channels: int = 3,
         dim: int = 64,
         cls_token: bool = True,
+        bias: bool = True,
     ):
         super().__init__()
         self.image_size = image_size
@@ -340,7 +364,7 @@ class PatchEmbedding(nn.Module):
         self.grid_size = image_size // patch_size  # patches per side
         self.num_patches = self.grid_size**2  # N
 
-        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)  # E
+        self.proj = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size, bias=bias)  # E
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cls_token else None  # x_cls
         num_tokens = self.num_patches + (1 if cls_token else 0)
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, dim))  # E_pos

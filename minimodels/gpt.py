@@ -22,6 +22,9 @@ The public names mirror Hugging Face transformers' causal LMs::
     lm(inputs_embeds=...)                           # skip the embedding (LLaVA splices here)
     lm.generate(batch["input_ids"], max_new_tokens=8)
 
+`GPT.from_hf(GPT2LMHeadModel)` loads transformers' GPT-2 weights into this class (the same
+architecture: `HF_GPT2_MODULES` shows which of our modules is which of theirs).
+
 Vocabulary: `TOKENIZER = text.Tokenizer(words=LM_WORDS)`. ShapeWorld's words come first (so
 their ids equal those of the shared `text.Tokenizer()` that CLIP uses), then the words that
 instructions, task prefixes and the Italian captions need. CLIP's tokenizer is left unchanged.
@@ -63,6 +66,8 @@ class GPTConfig:
     n_head: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0
+    activation: str = "gelu"  # the MLP's: "gelu" (exact) or "gelu_tanh" (GPT-2's "gelu_new")
+    layer_norm_epsilon: float = 1e-5  # ε in LN(x) = (x − μ) / √(σ² + ε) · γ + β
 
 
 @dataclass
@@ -99,15 +104,58 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(c.vocab_size, c.n_embd)  # token embedding E: (V, C)
         self.wpe = nn.Embedding(c.n_positions, c.n_embd)  # position embedding: (T_max, C)
         self.blocks = nn.ModuleList(
-            TransformerBlock(c.n_embd, c.n_head, c.mlp_ratio, c.dropout) for _ in range(c.n_layer)
+            TransformerBlock(c.n_embd, c.n_head, c.mlp_ratio, c.dropout, activation=c.activation)
+            for _ in range(c.n_layer)
         )
         self.ln_f = nn.LayerNorm(c.n_embd)
         # The LM head is tied to the token embedding (GPT-2): logits = h Eᵀ, no extra matrix.
         for module in self.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = c.layer_norm_epsilon
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=0.02)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
+
+    @classmethod
+    def from_hf(cls, model) -> GPT:
+        """A transformers `GPT2LMHeadModel` (read through its `config` and `state_dict()`) ->
+        our GPT with the same weights, on the CPU in float32, in the model's train/eval mode.
+
+        Same logits as transformers' (to float rounding), with two caveats. Positions: ours
+        count the real tokens of `attention_mask`; transformers' forward numbers 0 … T−1
+        unless given `position_ids` (its `generate` counts real tokens, as ours does), so
+        left-padded rows agree once transformers gets position_ids = cumsum(mask) − 1.
+        Tokens: generate's eos_token_id and pad_token_id default to *our* TOKENIZER's; pass
+        GPT-2's (model.config.eos_token_id, and a pad id) instead.
+        """
+        hf = getattr(model, "config", None)
+        state = model.state_dict() if callable(getattr(model, "state_dict", None)) else {}
+        # a GPT2Model (no LM head) has the same config, but no "transformer." in its keys
+        if getattr(hf, "model_type", None) != "gpt2" or "transformer.wte.weight" not in state:
+            raise TypeError(f"model must be a transformers GPT2LMHeadModel (GPT-2 with its LM "
+                            f"head); got {type(model).__name__}")  # fmt: skip
+        act = hf.activation_function
+        needed = dict(scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
+                      reorder_and_upcast_attn=False, add_cross_attention=False)  # fmt: skip
+        bad = [f"{k}={getattr(hf, k)!r}" for k, v in needed.items() if getattr(hf, k, v) != v]
+        if act not in HF_ACTIVATIONS:
+            bad.append(f"activation_function={act!r} (supported: {', '.join(HF_ACTIVATIONS)})")
+        head = state.get("lm_head.weight", state["transformer.wte.weight"])
+        if not torch.equal(head, state["transformer.wte.weight"]):
+            bad.append("an lm_head not tied to wte (tie_word_embeddings=False)")
+        if bad:
+            raise ValueError(f"GPT.from_hf does not support {'; '.join(bad)}")
+        n_inner = hf.n_inner or 4 * hf.n_embd  # the MLP's hidden width (None -> 4C)
+        # dropout: ours has one rate and none on the embeddings; GPT-2's resid_pdrop stands in
+        config = GPTConfig(vocab_size=hf.vocab_size, n_positions=hf.n_positions,
+                           n_embd=hf.n_embd, n_layer=hf.n_layer, n_head=hf.n_head,
+                           mlp_ratio=n_inner / hf.n_embd, dropout=hf.resid_pdrop,
+                           activation=HF_ACTIVATIONS[act],
+                           layer_norm_epsilon=hf.layer_norm_epsilon)  # fmt: skip
+        ours = cls(config)
+        ours.load_state_dict(state_dict_from_hf(state, hf.n_layer))  # strict: every key filled
+        return ours.train(model.training)
 
     @property
     def device(self) -> torch.device:
@@ -265,3 +313,45 @@ class GPT(nn.Module):
         if eos_token_id is not None and bool(done.all()):  # one read, after the loop
             out = out[:, : int((out == eos_token_id).long().argmax(1).max()) + 1]
         return out if input_ids is None else torch.cat([input_ids.to(self.device).long(), out], 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading transformers' GPT-2 (GPT.from_hf): the same network under other names
+# ---------------------------------------------------------------------------------------------
+
+# transformers GPT-2 module -> ours ({i}: the block). ᵀ: a Conv1D, which stores its weight
+# (in, out) and computes x W + b; ours are nn.Linear, weight (out, in): x Wᵀ + b.
+HF_GPT2_MODULES = {
+    "transformer.wte": "wte",  # token embedding E: (V, C)
+    "transformer.wpe": "wpe",  # position embedding P: (T_max, C)
+    "transformer.h.{i}.ln_1": "blocks.{i}.ln_1",
+    # ᵀ, W_q W_k W_v packed side by side: (C, 3C), bias (3C,)
+    "transformer.h.{i}.attn.c_attn": (
+        "blocks.{i}.attn.q_proj", "blocks.{i}.attn.k_proj", "blocks.{i}.attn.v_proj"),
+    "transformer.h.{i}.attn.c_proj": "blocks.{i}.attn.out_proj",  # ᵀ W_o: (C, C)
+    "transformer.h.{i}.ln_2": "blocks.{i}.ln_2",
+    "transformer.h.{i}.mlp.c_fc": "blocks.{i}.mlp.0",  # ᵀ W₁: (C, 4C)
+    "transformer.h.{i}.mlp.c_proj": "blocks.{i}.mlp.2",  # ᵀ W₂: (4C, C)
+    "transformer.ln_f": "ln_f",
+    "lm_head": "wte",  # tied: logits = h Eᵀ (the same matrix, checked in from_hf)
+}  # fmt: skip
+# transformers' activation_function -> our GPTConfig.activation
+HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+
+
+def state_dict_from_hf(state: dict, n_layer: int) -> dict[str, torch.Tensor]:
+    """A GPT2LMHeadModel's state_dict -> ours, renamed by HF_GPT2_MODULES; Conv1D weights
+    are transposed and c_attn is cut into q, k, v. Other keys (buffers) are left out."""
+    ours = {}
+    for hf_name, our_names in HF_GPT2_MODULES.items():
+        our_names = our_names if isinstance(our_names, tuple) else (our_names,)
+        for i in range(n_layer) if "{i}" in hf_name else [0]:
+            for param in ("weight", "bias"):
+                w = state.get(f"{hf_name.format(i=i)}.{param}")
+                if w is None:  # embeddings, lm_head: no bias
+                    continue
+                if hf_name.rsplit(".", 1)[-1].startswith("c_") and param == "weight":
+                    w = w.t()  # Conv1D (in, out) -> nn.Linear (out, in)
+                for name, part in zip(our_names, w.chunk(len(our_names), dim=0)):  # q, k, v
+                    ours[f"{name.format(i=i)}.{param}"] = part.float()
+    return ours

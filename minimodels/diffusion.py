@@ -105,6 +105,12 @@ class DDPMScheduler:
     default, so that step() is the textbook formula; `minimodels.pipelines.DDPMPipeline` clips.
     """
 
+    _only = {"trained_betas": None, "prediction_type": "epsilon", "timestep_spacing": "leading",
+             "variance_type": "fixed_small", "thresholding": False,
+             "rescale_betas_zero_snr": False}  # diffusers' options fixed here  # fmt: skip
+    _keys = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "clip_sample",
+             "clip_sample_range", "steps_offset")  # the ones from_config reads  # fmt: skip
+
     def __init__(
         self,
         num_train_timesteps: int = 1000,
@@ -113,8 +119,10 @@ class DDPMScheduler:
         beta_end: float = 0.02,
         clip_sample: bool = False,
         clip_sample_range: float = 1.0,
+        steps_offset: int = 0,
     ):
         self.num_train_timesteps = check_int(num_train_timesteps, "num_train_timesteps", 1, 100_000)
+        self.steps_offset = check_int(steps_offset, "steps_offset", 0, num_train_timesteps - 1)
         check_str(beta_schedule, "beta_schedule", SCHEDULES + tuple(_ALIASES))
         self.beta_schedule = _ALIASES.get(beta_schedule, beta_schedule)
         beta_end = check_float(beta_end, "beta_end", 0, 1, False, False)
@@ -124,20 +132,26 @@ class DDPMScheduler:
         self.betas = make_betas(num_train_timesteps, beta_schedule, beta_start, beta_end)  # β_t
         self.alphas = 1.0 - self.betas  # α_t = 1 - β_t
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # ᾱ_t = ∏_{s≤t} α_s
-        self.one = torch.tensor(1.0)  # ᾱ_{-1} = 1: "before the first step" is the clean image
+        self.one = self.final_alpha_cumprod = torch.tensor(1.0)  # ᾱ_{-1} = 1: the clean image
         self.init_noise_sigma = 1.0  # x_T ~ N(0, I)
         self.num_inference_steps: int | None = None
         self.timesteps = torch.arange(self.num_train_timesteps - 1, -1, -1)  # T-1, ..., 0
+
+    @classmethod
+    def from_config(cls, config: dict):
+        """From a diffusers scheduler config (``pipe.scheduler.config``) as diffusers reads it:
+        other keys ignored, missing ones at diffusers' defaults, any outside `_only` ValueError."""
+        for key, only in cls._only.items():
+            if (value := config.get(key, only)) is not only and (only is None or value != only):
+                raise ValueError(f"{cls.__name__}: {key}={value!r:.40} unsupported (only {only!r})")
+        return cls(**{"clip_sample": True, **{k: config[k] for k in cls._keys if k in config}})
 
     def __len__(self) -> int:
         return self.num_train_timesteps
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(num_train_timesteps={self.num_train_timesteps}, "
-            f"beta_schedule={self.beta_schedule!r}, num_inference_steps="
-            f"{self.num_inference_steps})"
-        )
+        keys = ("num_train_timesteps", "beta_schedule", "num_inference_steps")
+        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in keys)})"
 
     # ---- the forward process -----------------------------------------------------------------
 
@@ -168,23 +182,20 @@ class DDPMScheduler:
 
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         """Sample with n of the T steps: t = (n-1)·k, ..., k, 0 with k = T // n ("leading"
-        spacing, as diffusers' default)."""
+        spacing, as diffusers' default), each + steps_offset."""
         T = self.num_train_timesteps
         n = check_int(num_inference_steps, "num_inference_steps", 1, T)
         self.num_inference_steps = n
-        step_ratio = T // n
-        self.timesteps = torch.from_numpy((np.arange(0, n) * step_ratio)[::-1].copy()).to(
-            device=device, dtype=torch.long
-        )
+        timesteps = np.arange(0, n)[::-1] * (T // n) + self.steps_offset  # stride k = T // n
+        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.long)
 
     def previous_timestep(self, timestep: int) -> int:
         """The step after `timestep` in the sampling loop (-1 after the last)."""
-        if self.num_inference_steps is None:
-            return timestep - 1
-        return timestep - self.num_train_timesteps // self.num_inference_steps
+        n = self.num_inference_steps  # None: all T steps, one by one
+        return timestep - (1 if n is None else self.num_train_timesteps // n)
 
     def _alpha_bar_prev(self, prev_t: int) -> torch.Tensor:
-        return self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
+        return self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
 
     def step(
         self,
@@ -229,9 +240,8 @@ class DDPMScheduler:
     def _clip(self, x0: torch.Tensor) -> torch.Tensor:
         """x̂_0 clamped to [-r, r] when clip_sample is on (images live in [-1, 1]: a prediction
         outside is certainly wrong, and clamping it keeps early, noisy steps from saturating)."""
-        if not self.clip_sample:
-            return x0
-        return x0.clamp(-self.clip_sample_range, self.clip_sample_range)
+        r = self.clip_sample_range
+        return x0.clamp(-r, r) if self.clip_sample else x0
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """The identity (diffusers' schedulers share this hook; DDPM does not rescale)."""
@@ -253,16 +263,17 @@ class DDIMScheduler(DDPMScheduler):
         σ_t = η · √((1-ᾱ_prev)/(1-ᾱ_t)) · √(1 - ᾱ_t/ᾱ_prev)
 
     Matches ``diffusers.DDIMScheduler`` with the same ``clip_sample`` (leading spacing, ᾱ after
-    the last step = 1: the final step returns x̂_0). Call set_timesteps(n) first; without it
-    the steps are of stride 1 (DDIM over all T steps).
+    the last step = 1: the final step returns x̂_0; set_alpha_to_one=False makes it ᾱ_0). Call
+    set_timesteps(n) first; without it the steps are of stride 1 (DDIM over all T steps).
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.final_alpha_cumprod = torch.tensor(1.0)  # diffusers' set_alpha_to_one=True
+    _only = {k: v for k, v in DDPMScheduler._only.items() if k != "variance_type"}
+    _keys = DDPMScheduler._keys + ("set_alpha_to_one",)
 
-    def _alpha_bar_prev(self, prev_t: int) -> torch.Tensor:
-        return self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+    def __init__(self, *args, set_alpha_to_one: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        one = check_bool(set_alpha_to_one, "set_alpha_to_one")  # diffusers' set_alpha_to_one
+        self.final_alpha_cumprod = torch.tensor(1.0) if one else self.alphas_cumprod[0]
 
     def step(
         self,
@@ -342,7 +353,8 @@ def sample_loop(
 ):
     """Start from x_T ~ N(0, I) of `shape` and run the scheduler's reverse steps.
 
-    eps_fn(x (B, ...), t (B,) long) -> ε̂ of x's shape (the model, with any guidance inside).
+    eps_fn(x (B, ...), t (B,) long) -> ε̂ of x's shape (the model, with any guidance inside),
+    or an output holding it as ``.sample``: a diffusers UNet2DModel serves as it is.
     scheduler: anything with diffusers' ``set_timesteps`` / ``timesteps`` / ``step`` (ours or
     diffusers' own). num_inference_steps: None = the scheduler's current timesteps (all T of
     them for a fresh DDPMScheduler). return_intermediates=k > 0 also returns k+1 snapshots of
@@ -366,7 +378,8 @@ def sample_loop(
     snapshots = []
     for i, t in enumerate(tqdm(timesteps, disable=not progress, leave=False, desc="sampling")):
         t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
-        eps = eps_fn(x, t_batch).float()
+        eps = eps_fn(x, t_batch)
+        eps = getattr(eps, "sample", eps).float()  # a diffusers model's output: ε̂ is .sample
         out = scheduler.step(eps, t, x, generator=generator)
         x = out.prev_sample
         if return_intermediates and i in keep:

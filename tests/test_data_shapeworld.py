@@ -437,6 +437,22 @@ def test_relation_negative_swaps_the_objects_and_is_false():
     assert made > 100
 
 
+def test_relation_negative_converse_names_the_other_object_first():
+    made = 0
+    for s in sw.sample_scenes("test", 400, seed=3):
+        pair = relation_negative(s, converse=True)
+        if pair is None:
+            continue
+        made += 1
+        true, swapped = pair
+        a, b = s["objects"][:2]  # a comes first in reading order; the converse names b first
+        rel = world.relation(b, a)
+        assert true.startswith(f"a {b['color']} {b['shape']} {rel} a {a['color']} {a['shape']}")
+        assert relation_clause_holds(s, true) and not relation_clause_holds(s, swapped)
+        assert sorted(true.split()) == sorted(swapped.split())
+    assert made > 100
+
+
 def test_relation_negative_skips_a_swap_that_another_object_makes_true():
     def obj(color, shape, position):
         return {"color": color, "shape": shape, "size": "large", "position": position}

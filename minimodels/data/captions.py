@@ -153,18 +153,22 @@ def colour_exchange(scene: dict, template: int) -> str | None:
     return None
 
 
-def relation_negative(scene: dict) -> tuple[str, str] | None:
+def relation_negative(scene: dict, converse: bool = False) -> tuple[str, str] | None:
     """A relation caption (template 2) and its relation swap: the two related objects exchanged,
     'a red circle to the left of a blue square' -> 'a blue square to the left of a red circle'.
 
     Same words, same counts, only their order changed: a bag of words cannot tell them apart.
+    Template 2 names the objects in reading order, so its true caption names the upper-left
+    object first; converse=True names the other one first ('a blue square to the right of a red
+    circle' against 'a red circle to the right of a blue square'), so that a model which only
+    checks that the first-named object comes first in reading order is wrong on it.
     Returns (true caption, swapped caption), or None when the scene has under two objects or
     the swapped caption is still true (another object of the same colour and shape makes it so).
     """
     objects = check_scene(scene)["objects"]
     if len(objects) < 2:
         return None
-    a, b = objects[0], objects[1]
+    a, b = (objects[1], objects[0]) if converse else (objects[0], objects[1])
     rel = relation(a, b)
     if rel is None:
         return None
@@ -180,11 +184,13 @@ def relation_negative(scene: dict) -> tuple[str, str] | None:
         if x is not y and looks_like(x, b) and looks_like(y, a)
     ):
         return None
-    swapped = f"a {noun_phrase(b, False)} {rel} a {noun_phrase(a, False)}"
+    true, swapped = (f"a {noun_phrase(p, False)} {rel} a {noun_phrase(q, False)}"
+                     for p, q in ((a, b), (b, a)))  # fmt: skip
     if len(objects) == 3:  # the third object's clause stays as describe writes it
         c = objects[2]
-        swapped += f" and a {noun_phrase(c, False)} {POSITION_PHRASES[c['position']]}"
-    return describe(scene, template=2), swapped
+        rest = f" and a {noun_phrase(c, False)} {POSITION_PHRASES[c['position']]}"
+        true, swapped = true + rest, swapped + rest
+    return true, swapped
 
 
 def random_negative(scenes: list[dict], i: int, template: int, rng) -> str:

@@ -49,6 +49,9 @@ def itm_pairs(
 
     Relation pairs, on the scenes that have one (`relation_negative`): relation_index (their
     indices), relation_positive (the relation caption) and relation (its swap, which is false).
+    Half the scenes, drawn at random, get the converse wording (relation_converse True: the
+    object further right or down named first), so that naming the upper-left object first,
+    as template 2's captions always do, scores 0.5 and not 1.
     """
     images, scenes = generate(
         "test", n, seed=seed, image_size=image_size, min_objects=min_objects,
@@ -63,7 +66,9 @@ def itm_pairs(
         h, kind = hard_negative(s, t, rng)
         hard.append(h)
         kinds.append(kind)
-    swaps = [(i, r) for i, r in enumerate(map(relation_negative, scenes)) if r is not None]
+    order = np.random.default_rng([seed, 98]).random(n) < 0.5  # True: the converse wording
+    swaps = [(i, r, bool(c)) for i, (s, c) in enumerate(zip(scenes, order))
+             if (r := relation_negative(s, converse=bool(c))) is not None]  # fmt: skip
     return {
         "images": to_tensor(images),
         "scenes": scenes,
@@ -71,9 +76,10 @@ def itm_pairs(
         "random": rand,
         "hard": hard,
         "hard_kind": kinds,
-        "relation_index": [i for i, _ in swaps],
-        "relation_positive": [r[0] for _, r in swaps],
-        "relation": [r[1] for _, r in swaps],
+        "relation_index": [i for i, _, _ in swaps],
+        "relation_positive": [r[0] for _, r, _ in swaps],
+        "relation": [r[1] for _, r, _ in swaps],
+        "relation_converse": [c for _, _, c in swaps],
     }
 
 

@@ -141,9 +141,10 @@ def training_batch(
     """Fresh `train` scenes for one step of multimodal pre-training (and VQA with vqa=True).
 
     Each scene gets a caption (random template); with probability p_negative the caption is
-    replaced by a negative, hard with probability p_hard, else random. A hard negative is a
-    relation swap (`relation_negative`, its scene's relation caption as the caption) with
-    probability p_relation where the scene has one, else an attribute swap (`hard_negative`).
+    replaced by a negative, hard (an attribute swap, `hard_negative`) with probability p_hard,
+    else random. With probability p_relation a scene that has a relation gets a relation pair
+    instead (`relation_negative`, in reading order or the converse, half each): its relation
+    caption, or with probability p_negative its swap, the same words in another order.
     Words and regions are masked (mask_prob) in *every* pair, but only aligned pairs keep
     their labels (as in ViLBERT): masking only aligned pairs would let the alignment head
     answer "is there a [MASK]?" instead of looking at the image.
@@ -156,12 +157,18 @@ def training_batch(
     captions, aligned = [], []
     for i, s in enumerate(scenes):
         template = int(rng.integers(NUM_TEMPLATES))
-        if rng.random() >= p_negative:
+        rel = None  # a relation pair, named in reading order or the converse, half each
+        if p_relation and rng.random() < p_relation:
+            rel = relation_negative(s, converse=bool(rng.random() < 0.5))
+        negative = rng.random() < p_negative
+        if rel is not None:  # the relation caption or its swap: the same words either way
+            captions.append(rel[int(negative)])
+            aligned.append(int(not negative))
+        elif not negative:
             captions.append(describe(s, template=template))
             aligned.append(1)
         elif rng.random() < p_hard:
-            swap = relation_negative(s) if p_relation and rng.random() < p_relation else None
-            captions.append(swap[1] if swap else hard_negative(s, template, rng)[0])
+            captions.append(hard_negative(s, template, rng)[0])
             aligned.append(0)
         else:
             captions.append(random_negative(scenes, i, template, rng))
@@ -255,8 +262,8 @@ def train_vilbert(
     whole model on questions while the pre-training losses keep running.
 
     steps: pre-training steps; vqa_steps: fine-tuning steps after them (0 = none);
-    p_relation: the share of hard negatives that are relation swaps (see `training_batch`;
-    the shipped weights use 0: a run with 0.4 missed the bars, see vilbert.json `notes`).
+    p_relation: the share of scenes that get a relation pair (see `training_batch`; the
+    shipped weights use 0: runs with relation pairs missed the bars, see vilbert.json `notes`).
     Returns the model (eval mode) and the loss of every step.
     """
     seed_everything(seed)

@@ -126,9 +126,11 @@ def test_itm_pairs_relation_pairs_defeat_the_reading_order_shortcut():
         first = next(o for o in scene["objects"] if (o["color"], o["shape"]) == (colour, shape))
         return scene["objects"].index(first) == 0  # objects are in reading order
 
-    right = [first_named_comes_first(t, a["scenes"][i]) and
-             not first_named_comes_first(f, a["scenes"][i])
-             for i, t, f in zip(a["relation_index"], a["relation_positive"], a["relation"])]
+    right = [
+        first_named_comes_first(t, a["scenes"][i])
+        and not first_named_comes_first(f, a["scenes"][i])
+        for i, t, f in zip(a["relation_index"], a["relation_positive"], a["relation"])
+    ]
     converse = a["relation_converse"]
     assert all(r != c for r, c in zip(right, converse))
     assert 0.35 < np.mean(right) < 0.65  # the shortcut scores about a coin toss

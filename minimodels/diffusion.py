@@ -353,8 +353,8 @@ def sample_loop(
 ):
     """Start from x_T ~ N(0, I) of `shape` and run the scheduler's reverse steps.
 
-    eps_fn(x (B, ...), t (B,) long) -> ε̂ of x's shape (the model, with any guidance inside),
-    or an output holding it as ``.sample``: a diffusers UNet2DModel serves as it is.
+    eps_fn(x (B, ...), t (B,) long, or float for a flow) -> ε̂ (a flow's: v̂) of x's shape, or
+    an output holding it as ``.sample`` (a diffusers UNet2DModel serves as it is).
     scheduler: anything with diffusers' ``set_timesteps`` / ``timesteps`` / ``step`` (ours or
     diffusers' own). num_inference_steps: None = the scheduler's current timesteps (all T of
     them for a fresh DDPMScheduler). return_intermediates=k > 0 also returns k+1 snapshots of
@@ -373,11 +373,11 @@ def sample_loop(
         scheduler.set_timesteps(num_inference_steps)
     device = torch.device(device) if device is not None else torch.device("cpu")
     x = torch.randn(shape, generator=generator).to(device)  # x_T ~ N(0, I)
-    timesteps = [int(t) for t in scheduler.timesteps.tolist()]  # read once, before the loop
+    timesteps = scheduler.timesteps.tolist()  # read once: ints (DDPM), floats (flow: σ·T)
     keep = set(np.linspace(0, len(timesteps) - 1, return_intermediates + 1).round().astype(int))
     snapshots = []
     for i, t in enumerate(tqdm(timesteps, disable=not progress, leave=False, desc="sampling")):
-        t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
+        t_batch = torch.full((x.shape[0],), t, device=device)  # long for ints, float32 else
         eps = eps_fn(x, t_batch)
         eps = getattr(eps, "sample", eps).float()  # a diffusers model's output: ε̂ is .sample
         out = scheduler.step(eps, t, x, generator=generator)

@@ -16,6 +16,11 @@ The language model can be any module with the interface of a Hugging Face causal
 and ``.logits``, and ``lm.get_input_embeddings()``. `prefix_forward` does the splicing and is
 shared with the Q-Former (`minimodels.qformer`), whose output is a visual prefix too.
 
+Few-shot prompts interleave several images with text (``<image> dax. <image> blicket. <image>``):
+`Frozen.forward_interleaved` puts each image's k visual words where its placeholders are, so
+every token reads the images before it (`interleaved_forward`; used by the few-shot recipe,
+minimodels/recipes/frozen.py).
+
 Shape letters: B batch, k prefix tokens, T text tokens, C the LM's width.
 """
 
@@ -27,8 +32,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from minimodels.checks import check_device, check_ids, check_images, check_instance
-from minimodels.gpt import IGNORE_INDEX
+from minimodels.checks import (
+    check_device,
+    check_ids,
+    check_images,
+    check_instance,
+    check_int,
+    check_tensor,
+)
+from minimodels.gpt import IGNORE_INDEX, TOKENIZER
 
 
 def lm_width(lm: nn.Module) -> int:
@@ -89,6 +101,37 @@ def prefix_forward(lm, prefix_embeds, input_ids, attention_mask=None, labels=Non
         ignore = torch.full((B, k), IGNORE_INDEX, dtype=labels.dtype, device=device)
         labels = torch.cat([ignore, labels.to(device)], dim=1)  # no loss on the prefix
     return lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels)
+
+
+def interleaved_forward(lm, prefix_embeds, input_ids, image_token_id, attention_mask=None,
+                        labels=None):  # fmt: skip
+    """Run `lm` on a prompt of interleaved images and text: ``<image> dax. <image> blicket.``.
+
+    prefix_embeds (B, M, k, C): the visual prefixes of M images per row; input_ids (B, T) holds
+    k placeholder ids (`image_token_id`) per image, M·k per row, filled in reading order
+    (image 0's k words first), as transformers' LLaVA does with ``masked_scatter``. Every
+    token attends to every image before it. Returns the LM's output, logits (B, T, V).
+    """
+    B, M, k, C = prefix_embeds.shape
+    check_int(image_token_id, "image_token_id", 0)
+    input_ids = check_ids(input_ids, "input_ids", lm.get_input_embeddings().num_embeddings)
+    slots = input_ids == image_token_id  # (B, T): True at the placeholders
+    if len(input_ids) != B or (slots.device.type == "cpu" and (slots.sum(1) != M * k).any()):
+        raise ValueError(f"input_ids must have one row per prompt ({B}), each with M·k = {M}·{k} "
+                         f"= {M * k} ids equal to image_token_id={image_token_id} (k per image); "
+                         f"got shape {tuple(input_ids.shape)}, counts "
+                         f"{slots.sum(1).tolist()}")  # fmt: skip
+    device = prefix_embeds.device
+    embeds = lm.get_input_embeddings()(input_ids.to(device))  # E(w): (B, T, C)
+    flat = prefix_embeds.reshape(B * M * k, C).to(embeds.dtype)  # image 0's k words first
+    embeds = embeds.masked_scatter(slots.to(device)[..., None], flat)  # [v₁ v₁′ dax . v₂ v₂′ …]
+    if labels is not None:
+        check_tensor(labels, "labels", 2, "(B, T), −100 = ignore", floating=False)
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}; "
+                             f"got {tuple(labels.shape)}")  # fmt: skip
+        labels = labels.masked_fill(slots.to(labels.device), IGNORE_INDEX)  # never a target
+    return lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
 
 
 @dataclass
@@ -160,3 +203,15 @@ class Frozen(nn.Module):
     def forward(self, images, input_ids, attention_mask=None, labels=None):
         prefix = self.vision_encoder(images)  # (B, k, C): the image as k "visual words"
         return prefix_forward(self.lm, prefix, input_ids, attention_mask, labels)
+
+    def forward_interleaved(self, images, input_ids, attention_mask=None, labels=None,
+                            image_token_id: int = TOKENIZER.image_token_id):  # fmt: skip
+        """Images (B, M, 3, H, W), M per prompt, and prompts whose ids hold k placeholders
+        (`image_token_id`) per image -> the LM's output (logits (B, T, V), no offset).
+        Each image's k visual words go where its placeholders are (`interleaved_forward`)."""
+        check_tensor(images, "images", 5, "(B, M, 3, H, W)", floating=None)
+        B, M = images.shape[:2]
+        prefix = self.vision_encoder(images.flatten(0, 1))  # (B·M, k, C)
+        prefix = prefix.view(B, M, *prefix.shape[1:])  # (B, M, k, C)
+        return interleaved_forward(self.lm, prefix, input_ids, image_token_id, attention_mask,
+                                   labels)  # fmt: skip

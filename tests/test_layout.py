@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "minimodels"
 MODELS = (
     "clip vilbert vilt dvae dalle unet dit latent gan gpt llava flamingo frozen qformer lora "
-    "judge layers diffusion"
+    "judge layers diffusion flow contrastive captioner"
 ).split()
 # what a model file is built from (besides torch, numpy and the standard library)
 ALLOWED = {"minimodels.checks", "minimodels.layers", "minimodels.diffusion", "minimodels.text",

@@ -10,6 +10,7 @@ from minimodels.recipes import SHIPPED
 SMALL_N = {
     "judge": 40, "clip": 40, "vilbert": 16, "vilt": 16, "dvae": 16, "dalle": 4, "ddpm": 8,
     "ddpm-weak": 8, "ddpm-text": 8, "latent": 16, "dit": 8, "gpt": 16, "llava": 8,
+    "flow": 8, "frozen": 16,
 }  # fmt: skip
 TIMING_WORDS = ("seconds", "time", "per_s", "_s_")
 

@@ -37,10 +37,12 @@ SHIPPED: dict[str, Shipped] = {
     "ddpm": Shipped("ddpm", 8500, 256),
     "ddpm-weak": Shipped("ddpm", 3000, 256),
     "ddpm-text": Shipped("ddpm", 10000, 256),
+    "flow": Shipped("flow", 8500, 256),
     "latent": Shipped("latent", 2000, 256),
     "dit": Shipped("latent", 4000, 256),
     "gpt": Shipped("gpt", 2000, 500),
     "llava": Shipped("llava", 14000, 500),
+    "frozen": Shipped("frozen", 2500, 500),
 }
 
 

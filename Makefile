@@ -41,6 +41,9 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[book,test]"
+	@# the reference that tests/test_contrastive.py checks siglip_loss against: only its loss.py
+	@# is loaded (the package's __init__ needs torchvision, which would pull another torch)
+	$(PY) -m pip install -q --no-deps "open_clip_torch>=2.24"
 	touch $@
 
 # ---------------------------------------------------------------------------- book

@@ -352,6 +352,25 @@ def test_figures_in_the_prose_are_glued_not_typed():
     assert len(glued) > len(SOURCES) / 2, f"glue is used in {glued} only"
 
 
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_every_glued_figure_in_the_prose_is_glued_on_its_page(source):
+    # the structural build does not execute notebooks, so only `make book` would find a
+    # {glue:text}`name` with no glue("name", ...) on the page: find it here
+    text = source.read_text(encoding="utf-8")
+    used = set(re.findall(r"\{glue:\w+\}`([\w]+)", text))
+    names = re.findall(r"glue\(\s*(f?)([\"'])(.+?)\2", text)
+    literal = {name for f, _, name in names if not f}
+    patterns = [
+        re.compile(re.sub(r"\\\{.*?\\\}", r"\\w+", re.escape(name)) + "$")
+        for f, _, name in names
+        if f
+    ]  # f"{key}_x" -> r"\w+_x"
+    if re.search(r"glue\(\s*[a-z_]\w*\s*,", text):  # glue(name, value) in a loop over names
+        literal |= set(re.findall(r"[\"'](\w+)[\"']", text))
+    missing = sorted(u for u in used - literal if not any(p.match(u) for p in patterns))
+    assert not missing, f"{source.name}: glued in the prose, never glued in a cell: {missing}"
+
+
 def test_typed_figures_skip_maths_code_glue_and_links(tmp_path):
     source = tmp_path / "99_x.md"
     source.write_text(

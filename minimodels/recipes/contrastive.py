@@ -43,6 +43,7 @@ from minimodels.contrastive import (
 from minimodels.data.captions import CLASSNAMES, mixed_captions
 from minimodels.data.images import to_tensor
 from minimodels.data.shapeworld import generate, render, sample_scenes
+from minimodels.recipes.alignment import clip_itm_scores
 from minimodels.recipes.clip import load_clip, recall_gallery
 from minimodels.text import Tokenizer
 from minimodels.train import fit, seed_everything
@@ -105,10 +106,11 @@ def noisy_captions(pairs: Pairs, share: float, seed: int = 0) -> Pairs:
 
 
 def batch_of(pairs: Pairs, step: int, batch_size: int, seed: int):
-    """Batch `step`: batch_size pairs drawn without replacement -> (images, tokens, groups)."""
+    """Batch `step`: batch_size pairs drawn without replacement -> (images, captions, groups).
+    Each model tokenizes the captions its own way (a CLIP's text tower, a captioner's decoder)."""
     idx = np.random.default_rng([seed, step, 5]).choice(len(pairs), batch_size, replace=False)
     captions = [pairs.captions[i] for i in idx.tolist()]
-    return pairs.images[idx], TOKENIZER(captions, padding=True), caption_groups(captions)
+    return pairs.images[idx], captions, caption_groups(captions)
 
 
 def duplicates_per_batch(pairs: Pairs, batch_size: int, seed: int = 0, batches: int = 20):
@@ -169,10 +171,10 @@ def evaluate_captioner(model: Captioner, data: EvalData) -> dict:
 
 
 def dual_loss(model: CLIP, batch, objective: str, false_negative: str) -> torch.Tensor:
-    images, tokens, groups = batch
+    images, captions, groups = batch
     model.clamp_logit_scale_()  # exp(t) in [1, 100]
     u = model.encode_image(images, normalize=True)  # (B, E)
-    v = model.encode_text(tokens, normalize=True)  # (B, E)
+    v = model.encode_text(TOKENIZER(captions, padding=True), normalize=True)  # (B, E)
     if objective == "siglip":
         return siglip_loss(u, v, model.scale(), model.logit_bias)
     if false_negative == "ignore":
@@ -233,8 +235,7 @@ def train_captioner(pairs: Pairs, batch_size: int = 64, steps: int = 200, seed: 
     model = Captioner(config)
 
     def loss_fn(m, batch):  # the same pairs as the dual encoder's; the groups are not used
-        images, tokens, _ = batch
-        captions = TOKENIZER.batch_decode(tokens["input_ids"])
+        images, captions, _ = batch
         return m(images, **m.encode_captions(captions)).loss
 
     measure = None if data is None else lambda m: evaluate_captioner(m, data)
@@ -247,16 +248,10 @@ def train_captioner(pairs: Pairs, batch_size: int = 64, steps: int = 200, seed: 
 # ----------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def clip_scores(pairs: Pairs, model: CLIP | None = None, batch_size: int = 500) -> torch.Tensor:
+def clip_scores(pairs: Pairs, model: CLIP | None = None) -> torch.Tensor:
     """cos(image, caption) of every pair under `model` (default: the shipped CLIP): (n,)."""
     model = (load_clip("cpu") if model is None else model).eval()
-    out = []
-    for s in range(0, len(pairs), batch_size):
-        u = model.encode_image(pairs.images[s : s + batch_size], normalize=True)
-        v = model.encode_text(TOKENIZER(pairs.captions[s : s + batch_size]), normalize=True)
-        out.append((u * v).sum(dim=1))  # cosine of each image with its own caption
-    return torch.cat(out)
+    return clip_itm_scores(model, pairs.images, pairs.captions)
 
 
 def curate(pairs: Pairs, scores: torch.Tensor, keep: float) -> tuple[Pairs, dict]:

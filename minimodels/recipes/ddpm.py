@@ -161,10 +161,11 @@ def load_ddpm_text(device=None) -> TextToImagePipeline:
 # ----------------------------------------------------------------------------------------------
 
 
-def _samples(pipe: DDPMPipeline, n: int, seed: int, **guidance) -> torch.Tensor:
-    """n DDIM-50 samples in [0, 1] from the noise of `seed`, in batches of 256."""
+def samples(pipe: DDPMPipeline, n: int, seed: int, steps: int = 50, **guidance) -> torch.Tensor:
+    """n samples in [0, 1] with `steps` steps of the pipe's scheduler (DDIM-50 by default), from
+    the noise of `seed`, in batches of 256."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.cat([pipe(min(256, n - s), 50, gen, **guidance) for s in range(0, n, 256)])
+    return torch.cat([pipe(min(256, n - s), steps, gen, **guidance) for s in range(0, n, 256)])
 
 
 def _text_samples(pipe, prompts, seed: int, guidance_scale: float) -> torch.Tensor:
@@ -209,12 +210,12 @@ def evaluate_ddpm(
     size = unet.config.sample_size
     real, pairs = real_images(n, seed, size)
     real2, _ = real_images(n, seed + 100_000, size)
-    samples, plain = _samples(pipe, n, seed, **AUTOGUIDANCE), _samples(pipe, n, seed)
+    guided, plain = samples(pipe, n, seed, **AUTOGUIDANCE), samples(pipe, n, seed)
     out = {
         "n": n,
-        "valid_shape_rate": round(valid_shape_rate(samples, judge), 4),
+        "valid_shape_rate": round(valid_shape_rate(guided, judge), 4),
         "valid_shape_rate_real": round(valid_shape_rate(real, judge), 4),
-        "fid_toy": round(fid_toy(samples, real, judge), 4),
+        "fid_toy": round(fid_toy(guided, real, judge), 4),
         "fid_toy_real": round(fid_toy(real2, real, judge), 4),
         "valid_shape_rate_no_autoguidance": round(valid_shape_rate(plain, judge), 4),
         "fid_toy_no_autoguidance": round(fid_toy(plain, real, judge), 4),
@@ -269,9 +270,9 @@ def evaluate_ddpm_weak(seed: int = 0, n: int = 256, device=None) -> dict:
     scheduler = DDPMScheduler(weak.config.num_train_timesteps, weak.config.beta_schedule)
     out = {"n": n, "fid_toy_real": round(fid_toy(real2, real, judge), 4)}
     for suffix, unet in (("", weak), ("_ddpm", strong)):
-        samples = _samples(DDPMPipeline(unet), n, seed)
-        out["valid_shape_rate" + suffix] = round(valid_shape_rate(samples, judge), 4)
-        out["fid_toy" + suffix] = round(fid_toy(samples, real, judge), 4)
+        images = samples(DDPMPipeline(unet), n, seed)
+        out["valid_shape_rate" + suffix] = round(valid_shape_rate(images, judge), 4)
+        out["fid_toy" + suffix] = round(fid_toy(images, real, judge), 4)
         gen = torch.Generator().manual_seed(seed)
         loss = diffusion_loss(unet, scheduler, x0.to(unet.device), generator=gen)
         out["denoising_loss" + suffix] = round(loss.item(), 5)

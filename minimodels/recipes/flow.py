@@ -28,6 +28,7 @@ from minimodels.recipes.ddpm import (
     load_ddpm,
     load_ddpm_weak,
     real_images,
+    samples,
     training_batch,
 )
 from minimodels.train import fit, get_device, seed_everything
@@ -86,12 +87,6 @@ def flow_pipeline(unet: UNet2DModel) -> DDPMPipeline:
         unet.config.num_train_timesteps))  # fmt: skip
 
 
-def _samples(pipe: DDPMPipeline, n: int, steps: int, seed: int, **guidance) -> torch.Tensor:
-    """n samples in [0, 1] from the noise of `seed`, in batches of 256."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.cat([pipe(min(256, n - s), steps, gen, **guidance) for s in range(0, n, 256)])
-
-
 @torch.no_grad()
 def evaluate_flow(seed: int = 0, n: int = 256, device=None, steps: int = 10) -> dict:
     """Few-step sampling: the flow U-Net (Euler) against the shipped ddpm U-Net (DDIM).
@@ -112,7 +107,7 @@ def evaluate_flow(seed: int = 0, n: int = 256, device=None, steps: int = 10) -> 
     out = {"n": n, "steps": steps, "fid_toy_real": round(fid_toy(real2, real, judge), 4)}
     flow = flow_pipeline(unet)
     for k in sorted(set(STEP_COUNTS) | {steps}):
-        images = _samples(flow, n, k, seed)
+        images = samples(flow, n, seed, k)
         key = "" if k == steps else f"_{k}_steps"
         out["valid_shape_rate" + key] = round(valid_shape_rate(images, judge), 4)
         out["fid_toy" + key] = round(fid_toy(images, real, judge), 4)
@@ -122,7 +117,7 @@ def evaluate_flow(seed: int = 0, n: int = 256, device=None, steps: int = 10) -> 
     runs.append(("_autoguided", steps, DDPMPipeline(ddpm, load_ddpm_weak(device), ddim),
                  AUTOGUIDANCE))  # fmt: skip
     for key, k, pipe, guidance in runs:
-        images = _samples(pipe, n, k, seed, **guidance)
+        images = samples(pipe, n, seed, k, **guidance)
         key = "" if key == f"_{steps}_steps" else key
         out["ddim_valid_shape_rate" + key] = round(valid_shape_rate(images, judge), 4)
         out["ddim_fid_toy" + key] = round(fid_toy(images, real, judge), 4)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from minimodels import distributed
+
 DEVICE_ENV = "MINIMODELS_DEVICE"
 
 
@@ -93,6 +95,9 @@ def fit(
     The optimizer is AdamW over the parameters that require grad unless one is given.
     `warmup` steps of linear warm-up, then constant or (cosine=True) cosine decay to 0.
     bf16=True runs the forward pass under bfloat16 autocast (faster on recent CPUs).
+    Under torchrun (see `minimodels.distributed`) each process trains on its shard of every
+    batch and the gradients are averaged over processes before the step; the history holds the
+    mean loss over processes and the progress bar shows on rank 0 only.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -108,6 +113,8 @@ def fit(
         raise ValueError(f"lr must be a number in (0, 10); got {lr!r}")
     if cosine and steps is None:
         raise ValueError("cosine=True needs steps (the schedule's length)")
+    if time_budget is not None and distributed.is_distributed():
+        raise ValueError("time_budget stops each process on its own clock: give steps")
 
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer is None:
@@ -140,9 +147,12 @@ def fit(
     device = next(iter(model.parameters()), torch.empty(0)).device
     was_training = model.training
     model.train()
+    distributed.broadcast_parameters(model)  # several processes: all start from rank 0's copy
+    if distributed.rank() > 0:  # other random draws (noise, masks) than rank 0's shard gets
+        torch.manual_seed(torch.initial_seed() + 7919 * distributed.rank())
     history: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=steps, desc=desc, disable=not progress or distributed.rank() > 0, leave=False)
     step = 0
     try:
         while True:
@@ -152,7 +162,7 @@ def fit(
                 break
             for g, base in zip(optimizer.param_groups, base_lrs):
                 g["lr"] = base * lr_factor(step)
-            batch = get_batch(step)
+            batch = distributed.shard(get_batch(step))  # this process's rows (all of them if 1)
             with autocast(device, bf16):
                 loss = loss_fn(model, batch)
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
@@ -164,10 +174,11 @@ def fit(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(params)  # ḡ = (1/N) Σ_r g_r (nothing with 1 process)
             if grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             optimizer.step()
-            history.append(loss.item())
+            history.append(distributed.average(loss))
             step += 1
             bar.update(1)
             if step % 10 == 0 or step == 1:

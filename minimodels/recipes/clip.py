@@ -18,7 +18,6 @@ from minimodels.clip import (
     CLIP,
     TEMPLATES,
     CLIPConfig,
-    clip_loss,
     recall_at_k,
     zero_shot_classifier,
     zero_shot_predict,
@@ -26,6 +25,7 @@ from minimodels.clip import (
 from minimodels.data.captions import CLASSNAMES, describe, mixed_captions
 from minimodels.data.images import to_tensor
 from minimodels.data.shapeworld import generate, render, sample_scenes
+from minimodels.distributed import clip_loss_gathered
 from minimodels.text import Tokenizer
 from minimodels.train import fit, get_device, seed_everything
 
@@ -59,12 +59,13 @@ def training_batch(
 
 
 def clip_training_loss(model: CLIP, batch) -> torch.Tensor:
-    """clip_loss of a batch; first clamps t so that exp(t) stays in [1, 100]."""
+    """clip_loss of a batch; first clamps t so that exp(t) stays in [1, 100]. Under torchrun
+    the batch is this process's shard and the loss gathers the others' embeddings."""
     images, tokens = batch
     model.clamp_logit_scale_()
     image_emb = model.encode_image(images, normalize=True)  # I_e: (B, E)
     text_emb = model.encode_text(tokens, normalize=True)  # T_e: (B, E)
-    return clip_loss(image_emb, text_emb, model.scale())
+    return clip_loss_gathered(image_emb, text_emb, model.scale())  # clip_loss if 1 process
 
 
 def train_clip(

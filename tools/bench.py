@@ -27,7 +27,7 @@ from pathlib import Path
 
 import nbformat
 import torch
-from nbclient import NotebookClient
+from nbrun import CPU_BUDGET_S, Client
 
 import minimodels
 from minimodels import shapeworld as sw
@@ -60,30 +60,41 @@ def bench_shapeworld(n: int = 5000, repeats: int = 3, image_size: int = 32) -> d
     }
 
 
-def run_notebook(path: Path, timeout: int = 600, notebook=None) -> float:
-    """Execute a notebook in a fresh kernel (cwd = its folder); returns the wall time in s.
+CPU_CELL = "import time as _t\nprint('cpu_s', _t.process_time())"  # appended, then removed
 
-    ``notebook``: an nbformat node already read from ``path``, executed in place (its outputs
-    are kept); by default the file is read and the outputs are discarded.
+
+def run_notebook(path: Path, timeout: int = 600, notebook=None) -> tuple[float, float]:
+    """Execute a notebook in a fresh kernel (cwd = its folder); returns (wall s, kernel CPU s).
+
+    The CPU time is the kernel's ``time.process_time()`` after the last cell (all its threads,
+    from kernel start), read by a cell appended for it and removed again. ``notebook``: an
+    nbformat node already read from ``path``, executed in place (its outputs are kept); by
+    default the file is read and the outputs are discarded. The client is ``nbrun.Client``,
+    whose sliced waits keep the runner from stalling after widget cells.
     """
     nb = notebook if notebook is not None else nbformat.read(path, as_version=4)
-    client = NotebookClient(
+    nb.cells.append(nbformat.v4.new_code_cell(CPU_CELL))
+    client = Client(
         nb,
         timeout=timeout,
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
     )
     start = time.perf_counter()
-    client.execute()
+    try:
+        client.execute()
+    finally:
+        probe = nb.cells.pop()
     wall = time.perf_counter() - start
+    printed = "".join(o.get("text", "") for o in probe.get("outputs", []))
+    cpu = float(printed.split()[-1])
     cells = _cell_seconds(nb)
     if cells and wall - sum(cells) > 60:
-        # over a minute outside the cells: not the notebook's own time. Seen here now and then
-        # right after a widgets.interact cell: the reply arrives on time but the client only
-        # reads it when its `timeout` runs out (nbclient issue #312)
+        # over a minute outside the cells: not the notebook's own time (a stall of the runner;
+        # see tools/nbrun.py)
         print(f"warning: {path.name}: {wall:.0f} s in all but {sum(cells):.0f} s in its cells",
               file=sys.stderr, flush=True)  # fmt: skip
-    return wall
+    return wall, cpu
 
 
 def _cell_seconds(nb) -> list[float]:
@@ -99,23 +110,23 @@ def _cell_seconds(nb) -> list[float]:
 
 
 def bench_notebooks(repeats: int = 3, pattern: str = "*.ipynb") -> dict:
-    """Median (and all) run times of every notebook in notebooks/."""
+    """Median (and all) wall and kernel CPU times of every notebook in notebooks/."""
     folder = REPO / "notebooks"
     paths = sorted(folder.glob(pattern))
     if not paths:
         raise SystemExit(f"no notebooks matching {pattern!r} in {folder}")
     out = {}
     for path in paths:
-        times = [run_notebook(path) for _ in range(repeats)]
+        walls, cpus = zip(*(run_notebook(path) for _ in range(repeats)))
         out[path.stem] = {
-            "median_s": round(statistics.median(times), 1),
-            "runs_s": [round(t, 1) for t in times],
+            "median_s": round(statistics.median(walls), 1),
+            "runs_s": [round(t, 1) for t in walls],
+            "cpu_median_s": round(statistics.median(cpus), 1),
+            "cpu_runs_s": [round(t, 1) for t in cpus],
         }
-        print(
-            f"{path.stem:28s} median {out[path.stem]['median_s']:6.1f} s  "
-            f"runs {out[path.stem]['runs_s']}",
-            flush=True,
-        )
+        f = out[path.stem]
+        print(f"{path.stem:28s} median {f['median_s']:6.1f} s wall, {f['cpu_median_s']:6.1f} s "
+              f"CPU  runs {f['runs_s']}", flush=True)  # fmt: skip
     return out
 
 
@@ -192,17 +203,23 @@ def write_runtime_table(results: dict, machine_info: dict, folder: Path = GENERA
     store.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
     m = machine_info
     lines = [
-        "| notebook | median run time (s) | runs (s) | measured |",
-        "|---|---:|---|---|",
+        "| notebook | median wall time (s) | median CPU time (s) | wall times of the runs (s) "
+        "| measured |",
+        "|---|---:|---:|---|---|",
     ]
     for name, figures in sorted(table["notebooks"].items()):
         runs = ", ".join(f"{t:.1f}" for t in figures["runs_s"])
-        lines.append(f"| {name} | {figures['median_s']:.1f} | {runs} | {figures['date']} |")
+        cpu = f"{figures['cpu_median_s']:.1f}" if "cpu_median_s" in figures else "–"
+        lines.append(f"| {name} | {figures['median_s']:.1f} | {cpu} | {runs} | {figures['date']} |")
     lines += [
         "",
         f"Each notebook run top to bottom in a fresh kernel, {len(figures['runs_s'])} times, by "
         f"`python tools/bench.py notebooks` on {m['cpu_count']} CPU cores "
-        f"({m['machine']}, Python {m['python']}, torch {m['torch']}).",
+        f"({m['machine']}, Python {m['python']}, torch {m['torch']}, "
+        f"{m['torch_threads']} torch thread{'s' * (m['torch_threads'] > 1)}). The CPU time is "
+        "the kernel's `time.process_time()` after the last cell; `make test` fails a notebook "
+        f"whose kernel uses over {CPU_BUDGET_S:g} s of it (conftest.py)."
+        + ("" if m.get("gpu") else " These runs had no GPU; none was lent for a GPU column."),
     ]
     stalled = [
         f"{name} ({t:.0f} s)"
@@ -228,6 +245,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "machine": platform.machine(),
         "date": time.strftime("%Y-%m-%d"),
     }

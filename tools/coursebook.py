@@ -456,6 +456,9 @@ def _course_css(app, config) -> None:
 
 def setup(app):
     """Sphinx extension entry point (see ``sphinx: extra_extensions`` in _config.yml)."""
+    import nbrun
+
+    nbrun.install()  # myst-nb's NotebookClient: sliced waits, no stall after widget cells
     app.connect("config-inited", _use_vendored_js, priority=400)
     app.connect("config-inited", _course_css, priority=410)
     app.add_css_file("course.css")

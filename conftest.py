@@ -7,10 +7,16 @@ file appends to each notebook, run in the same kernel after its last cell, the s
 instructors' edition (rendered from ``lectures_src/``), each followed by its check, with
 ``MINIMODELS_EXERCISES=require`` so that a stub would fail there. One kernel per notebook does
 both, so the notebooks are not executed twice.
+
+Between the two, a cell checks the notebook's budget: the CPU time its kernel has used so far
+(``time.process_time()``, the student notebook from kernel start to its last cell) must stay
+under ``CPU_BUDGET_S`` seconds (``$MINIMODELS_NOTEBOOK_BUDGET`` overrides it), so a change that
+makes a notebook slow fails ``make test`` instead of a student's patience.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +26,24 @@ import pytest
 ROOT = Path(__file__).resolve().parent
 NOTEBOOKS = ROOT / "notebooks"
 sys.path.insert(0, str(ROOT / "tools"))
+from nbrun import CPU_BUDGET_S  # noqa: E402  about a minute of wall time on 2 cores, and room
+
+BUDGET_ENV = "MINIMODELS_NOTEBOOK_BUDGET"
+
+
+def budget_cell(name: str, budget: float | None = None):
+    """A code cell that fails when the kernel has used more than `budget` s of CPU."""
+    from nbformat.v4 import new_code_cell
+
+    budget = float(os.environ.get(BUDGET_ENV, CPU_BUDGET_S)) if budget is None else budget
+    return new_code_cell(
+        "import time as _time\n"
+        f"_cpu = _time.process_time()  # this kernel's CPU seconds, all threads\n"
+        f"print(f'{name}: {{_cpu:.1f}} s of CPU (budget {budget:g} s)')\n"
+        f"assert _cpu <= {budget!r}, (\n"
+        f"    f'{name} used {{_cpu:.1f}} s of CPU, over its budget of {budget:g} s: make it '\n"
+        f"    'faster (fewer steps, smaller n) or ship the training as weights')"
+    )
 
 
 def instructor_cells(notebook: Path) -> list:
@@ -68,6 +92,11 @@ def _with_solutions_class():
         def collect(self):
             cells = list(super().collect())
             yield from cells
+            yield IPyNbCell.from_parent(
+                self, name=f"Cell {len(cells)} (CPU budget)", cell_num=len(cells),
+                cell=budget_cell(Path(self.path).stem), options=defaultdict(bool, check=False),
+            )  # fmt: skip
+            cells.append(None)  # the budget cell's number is taken
             for k, cell in enumerate(instructor_cells(Path(self.path))):
                 options = defaultdict(bool, check=False)  # run it; outputs are not compared
                 name = f"Cell {len(cells) + k} (instructors' edition)"

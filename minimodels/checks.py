@@ -140,9 +140,13 @@ def check_generator(generator=None, seed: int | None = None) -> torch.Generator:
 # ---------------------------------------------------------------------------------- tensors
 
 
-def check_device(x: torch.Tensor, name: str, device: torch.device | None) -> None:
-    """``x`` must live on ``device`` (the model's); the meta device is never accepted."""
-    if x.device.type == "meta":
+def check_device(
+    x: torch.Tensor, name: str, device: torch.device | None, model_device=None
+) -> None:
+    """``x`` must live on ``device`` (the model's); with device None, anywhere (the model, on
+    ``model_device``, moves it). The meta device (shapes, no data) only for a model on meta."""
+    model = device if device is not None else model_device
+    if x.device.type == "meta" and (model is None or torch.device(model).type != "meta"):
         raise ValueError(f"{name} is on the meta device (no data); pass a real tensor")
     if device is not None and x.device != torch.device(device):
         if not (x.device.type == torch.device(device).type == "cpu"):
@@ -160,15 +164,17 @@ def check_tensor(
     floating: bool | None = None,
     device: torch.device | None = None,
     nonempty: bool = True,
+    model_device: torch.device | None = None,
 ) -> torch.Tensor:
     """A tensor with the given number of dimensions, kind of dtype and device, non-empty.
 
     ``floating``: True = a float dtype is required, False = an integer dtype (ids, timesteps),
-    None = either (bool and complex are never accepted). Reads no values.
+    None = either (bool and complex are never accepted). ``device``, ``model_device``: see
+    `check_device`. Reads no values.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor {layout}; got {type(x).__name__}")
-    check_device(x, name, device)
+    check_device(x, name, device, model_device)
     ndims = (ndim,) if isinstance(ndim, int) else ndim
     if ndims is not None and x.ndim not in ndims:
         want = " or ".join(str(n) for n in ndims)
@@ -250,12 +256,14 @@ def check_images(
     return images.float()
 
 
-def check_ids(ids, name: str, vocab_size: int, max_length: int | None = None) -> torch.Tensor:
+def check_ids(
+    ids, name: str, vocab_size: int, max_length: int | None = None, model_device=None
+) -> torch.Tensor:
     """Token ids: an integer tensor (B, L) in [0, vocab_size), L ≤ max_length -> a LongTensor.
 
-    The ids are read (for the range) on CPU tensors only.
+    The ids are read (for the range) on CPU tensors only. model_device: see `check_device`.
     """
-    check_tensor(ids, name, 2, "(B, L)", floating=False)
+    check_tensor(ids, name, 2, "(B, L)", floating=False, model_device=model_device)
     if max_length is not None and ids.shape[1] > max_length:
         raise ValueError(
             f"{name} has L={ids.shape[1]} tokens, more than the model's {max_length}; tokenize "

@@ -87,7 +87,7 @@ class DALLEPrior(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, T) of the stream, T ≤ seq_len -> logits (B, T, V) of the next token."""
-        tokens = check_ids(tokens, "tokens", self.vocab_size, self.config.seq_len)
+        tokens = check_ids(tokens, "tokens", self.vocab_size, self.config.seq_len, self.device)
         T = tokens.shape[1]
         x = self.token_embedding(tokens.to(self.device)) + self.position_embedding[:T]  # (B,T,C)
         for block in self.blocks:

@@ -46,6 +46,12 @@ def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
 
 
+def randn_tensor(shape, generator=None, device=None, dtype=None) -> torch.Tensor:
+    """ε ~ N(0, I) on the generator's device (else the CPU), moved to `device` (diffusers')."""
+    on = torch.device("cpu") if generator is None else generator.device
+    return torch.randn(shape, generator=generator, device=on, dtype=dtype).to(device or on)
+
+
 def _timesteps(timesteps, like: torch.Tensor) -> torch.Tensor:
     """An int, or a (B,) / 0-d integer tensor -> a LongTensor on `like`'s device (1 or B)."""
     return torch.as_tensor(timesteps).reshape(-1).to(like.device, torch.long)
@@ -77,9 +83,8 @@ def make_betas(
     T = num_train_timesteps
     if _ALIASES.get(beta_schedule, beta_schedule) == "linear":
         return torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
-    betas = [
-        min(1 - cosine_alpha_bar((i + 1) / T) / cosine_alpha_bar(i / T), max_beta) for i in range(T)
-    ]  # β_t = 1 - ᾱ_{t+1}/ᾱ_t, capped
+    abar = cosine_alpha_bar
+    betas = [min(1 - abar((i + 1) / T) / abar(i / T), max_beta) for i in range(T)]  # capped
     return torch.tensor(betas, dtype=torch.float32)
 
 
@@ -174,8 +179,7 @@ class DDPMScheduler:
         """Iterate q_step from x_0 through steps 0..t: a sample of x_t the slow way."""
         x = original_samples
         for s in range(t + 1):
-            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-            x = self.q_step(x, s, noise)
+            x = self.q_step(x, s, randn_tensor(x.shape, generator, x.device, x.dtype))  # ε
         return x
 
     # ---- the reverse process ------------------------------------------------------------------
@@ -211,14 +215,12 @@ class DDPMScheduler:
             μ̃_t = √ᾱ_{t-1} β_t / (1-ᾱ_t) · x̂_0 + √α_t (1-ᾱ_{t-1}) / (1-ᾱ_t) · x_t
             x_{t-1} = μ̃_t + σ_t z,  σ_t² = β̃_t = (1-ᾱ_{t-1}) / (1-ᾱ_t) · β_t,  z ~ N(0, I)
 
-        `timestep`: an int (or a CPU tensor holding one). No noise is added at t = 0. z is
-        drawn on the CPU as ``torch.randn(sample.shape, generator=generator, dtype=...)``.
-        Returns SchedulerOutput(prev_sample, pred_original_sample), or a tuple.
+        `timestep`: an int (or a CPU tensor holding one). No noise is added at t = 0 (z from
+        `randn_tensor`). Returns SchedulerOutput(prev_sample, pred_original_sample), or a tuple.
         """
         t = int(timestep)
-        prev_t = self.previous_timestep(t)
         alpha_bar_t = self.alphas_cumprod[t]  # ᾱ_t
-        alpha_bar_prev = self._alpha_bar_prev(prev_t)  # ᾱ_{t-1}
+        alpha_bar_prev = self._alpha_bar_prev(self.previous_timestep(t))  # ᾱ_{t-1}
         alpha_t = alpha_bar_t / alpha_bar_prev  # α_t (over a stride of steps: ᾱ_t / ᾱ_prev)
         beta_t = 1 - alpha_t  # β_t
         # x̂_0 = (x_t - √(1-ᾱ_t) ε) / √ᾱ_t
@@ -231,8 +233,8 @@ class DDPMScheduler:
         if t > 0:
             # β̃_t = (1-ᾱ_{t-1}) / (1-ᾱ_t) · β_t   ("fixed small" variance)
             variance = torch.clamp((1 - alpha_bar_prev) / (1 - alpha_bar_t) * beta_t, min=1e-20)
-            z = torch.randn(sample.shape, generator=generator, dtype=sample.dtype)
-            prev_sample = prev_sample + variance**0.5 * z.to(sample.device)
+            z = randn_tensor(sample.shape, generator, sample.device, sample.dtype)  # z ~ N(0, I)
+            prev_sample = prev_sample + variance**0.5 * z
         if not return_dict:
             return prev_sample, x0
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
@@ -286,9 +288,8 @@ class DDIMScheduler(DDPMScheduler):
     ):
         """One DDIM step from `timestep` to the next of `timesteps` (eta in [0, 1])."""
         t = int(timestep)
-        prev_t = self.previous_timestep(t)
         alpha_bar_t = self.alphas_cumprod[t]  # ᾱ_t
-        alpha_bar_prev = self._alpha_bar_prev(prev_t)  # ᾱ_prev
+        alpha_bar_prev = self._alpha_bar_prev(self.previous_timestep(t))  # ᾱ_prev
         x0 = (sample - (1 - alpha_bar_t) ** 0.5 * model_output) / alpha_bar_t**0.5  # x̂_0
         x0 = self._clip(x0)  # the direction below keeps the model's ε, as diffusers does
         # σ_t² = η² (1-ᾱ_prev)/(1-ᾱ_t) (1 - ᾱ_t/ᾱ_prev)
@@ -296,9 +297,9 @@ class DDIMScheduler(DDPMScheduler):
         std_dev_t = eta * variance**0.5
         direction = (1 - alpha_bar_prev - std_dev_t**2) ** 0.5 * model_output  # points to x_t
         prev_sample = alpha_bar_prev**0.5 * x0 + direction
-        if eta > 0:
-            z = torch.randn(sample.shape, generator=generator, dtype=sample.dtype)
-            prev_sample = prev_sample + std_dev_t * z.to(sample.device)
+        if eta > 0:  # + σ_t z, z ~ N(0, I)
+            z = randn_tensor(sample.shape, generator, sample.device, sample.dtype)
+            prev_sample = prev_sample + std_dev_t * z
         if not return_dict:
             return prev_sample, x0
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
@@ -358,8 +359,7 @@ def sample_loop(
     scheduler: anything with diffusers' ``set_timesteps`` / ``timesteps`` / ``step`` (ours or
     diffusers' own). num_inference_steps: None = the scheduler's current timesteps (all T of
     them for a fresh DDPMScheduler). return_intermediates=k > 0 also returns k+1 snapshots of
-    x̂_0 evenly along the loop (a list of CPU tensors) for a denoising strip. The initial noise
-    is drawn on the CPU with `generator`, so a seed gives the same images on every device.
+    x̂_0 evenly along the loop (a list of CPU tensors) for a denoising strip.
     """
     if not callable(eps_fn):
         raise TypeError("eps_fn must be callable as eps_fn(x, t) -> predicted noise")
@@ -372,7 +372,7 @@ def sample_loop(
     if num_inference_steps is not None:
         scheduler.set_timesteps(num_inference_steps)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    x = torch.randn(shape, generator=generator).to(device)  # x_T ~ N(0, I)
+    x = randn_tensor(shape, generator, device)  # x_T ~ N(0, I)
     timesteps = scheduler.timesteps.tolist()  # read once: ints (DDPM), floats (flow: σ·T)
     keep = set(np.linspace(0, len(timesteps) - 1, return_intermediates + 1).round().astype(int))
     snapshots = []

@@ -176,8 +176,9 @@ class DiTTransformer2DModel(nn.Module):
         """A number, or a tensor () / (1,) / (B,) -> (B,) on the model's device."""
         if isinstance(timestep, numbers.Real) and not isinstance(timestep, bool):
             check_float(timestep, "timestep", 0, 1e6)
-            timestep = torch.tensor([timestep])
-        t = check_tensor(timestep, "timestep", (0, 1), f"(B,) = ({B},)").reshape(-1)
+            timestep = torch.tensor([timestep], device=self.device)
+        layout = f"(B,) = ({B},)"
+        t = check_tensor(timestep, "timestep", (0, 1), layout, model_device=self.device).reshape(-1)
         if t.shape[0] not in (1, B):
             raise ValueError(
                 f"timestep must be a scalar or have shape (B,) = ({B},); got {tuple(t.shape)}"

@@ -103,14 +103,14 @@ class ConditionalGAN(nn.Module):
                     f"circle'; got {p!r}"
                 )
             out.append(PAIRS.index(pair))
-        return torch.tensor(out)
+        return torch.tensor(out, device="cpu")  # host side, as a tokenizer's ids
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], seed: int = 0) -> torch.Tensor:
         """One image per prompt, float (B, 3, S, S) in [0, 1]: a single pass of G."""
         y = self.labels(prompts)
         g = torch.Generator().manual_seed(check_int(seed, "seed", 0))
-        z = torch.randn(len(y), self.config.latent_dim, generator=g)
+        z = torch.randn(len(y), self.config.latent_dim, generator=g, device=g.device)
         self.generator.eval()
         dev = self.generator.fc.weight.device
         x = self.generator(z.to(dev), y.to(dev))

@@ -170,9 +170,10 @@ class GPT(nn.Module):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids (B, T) and inputs_embeds (B, T, C)")
         if input_ids is not None:
-            ids = check_ids(input_ids, "input_ids", self.config.vocab_size)  # (B, T)
+            ids = check_ids(input_ids, "input_ids", self.config.vocab_size, None, self.device)
             return self.wte(ids.to(self.device))  # E[w]: (B, T, C)
-        check_tensor(inputs_embeds, "inputs_embeds", 3, "(B, T, C)", floating=True)
+        check_tensor(inputs_embeds, "inputs_embeds", 3, "(B, T, C)", floating=True,
+                     model_device=self.device)  # fmt: skip
         check_finite(inputs_embeds, "inputs_embeds")
         if inputs_embeds.shape[-1] != self.config.n_embd:
             raise ValueError(f"inputs_embeds must have shape (B, T, n_embd={self.config.n_embd}); "
@@ -198,14 +199,14 @@ class GPT(nn.Module):
             raise ValueError(f"the input has T={T} tokens, more than n_positions="
                              f"{self.config.n_positions}")  # fmt: skip
         if labels is not None:
-            check_tensor(labels, "labels", 2, "(B, T), −100 = ignore", floating=False)
+            check_tensor(labels, "labels", 2, "(B, T), −100 = ignore", floating=False,
+                         model_device=self.device)  # fmt: skip
             if labels.shape != (B, T):
                 raise ValueError(f"labels must have the shape of input_ids (B, T) = {(B, T)}; "
                                  f"got {tuple(labels.shape)}")  # fmt: skip
             labels = labels.long()
-            check_ids(
-                labels.masked_fill(labels == IGNORE_INDEX, 0), "labels", self.config.vocab_size
-            )
+            ignored = labels.masked_fill(labels == IGNORE_INDEX, 0)
+            check_ids(ignored, "labels", self.config.vocab_size, None, self.device)
         keep, padded = self._keep(attention_mask, B, T)
         logits = self._decode(x, keep, padded)  # (B, T, V)
         if labels is None:
@@ -221,7 +222,7 @@ class GPT(nn.Module):
         if attention_mask is None:
             return torch.ones(B, T, dtype=torch.bool, device=self.device), False
         check_instance(attention_mask, torch.Tensor, "attention_mask")
-        check_device(attention_mask, "attention_mask", None)
+        check_device(attention_mask, "attention_mask", None, self.device)
         if attention_mask.shape != (B, T):
             raise ValueError(f"attention_mask must have the shape {(B, T)} of input_ids (or "
                              f"inputs_embeds); got {tuple(attention_mask.shape)}")  # fmt: skip

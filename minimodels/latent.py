@@ -121,7 +121,7 @@ class Autoencoder(nn.Module):
                 f"{name} must be float in [-1, 1]; got uint8 (convert with "
                 "minimodels.data.images.to_tensor(images, (-1, 1)))"
             )
-        check_tensor(x, name, 4, layout, floating=True)
+        check_tensor(x, name, 4, layout, floating=True, model_device=self.device)
         if tuple(x.shape[1:]) != shape:
             raise ValueError(f"{name} must have shape {layout}; got {tuple(x.shape)}")
 

@@ -107,11 +107,14 @@ def merge_image_features(
     reading order (row 0 left to right, then row 1, …): image 0's N features first. This is
     `inputs_embeds.masked_scatter(mask, features)` in transformers' LLaVA. The number of
     placeholders must equal the number of features (checked on CPU ids). Returns a new
-    tensor; inputs_embeds is not modified.
+    tensor on inputs_embeds' device; inputs_embeds is not modified.
     """
-    check_tensor(inputs_embeds, "inputs_embeds", 3, "(B, T, C)", floating=True)
-    check_tensor(input_ids, "input_ids", 2, "(B, T)", floating=False)
-    check_tensor(image_features, "image_features", (2, 3), "(num_images, N, C)", floating=True)
+    device = getattr(inputs_embeds, "device", None)  # where the merge runs (meta too)
+    check_tensor(inputs_embeds, "inputs_embeds", 3, "(B, T, C)", floating=True,
+                 model_device=device)  # fmt: skip
+    check_tensor(input_ids, "input_ids", 2, "(B, T)", floating=False, model_device=device)
+    check_tensor(image_features, "image_features", (2, 3), "(num_images, N, C)", floating=True,
+                 model_device=device)  # fmt: skip
     check_finite(inputs_embeds, "inputs_embeds")
     check_finite(image_features, "image_features")
     check_int(image_token_id, "image_token_id", 0)
@@ -131,7 +134,9 @@ def merge_image_features(
             "× N). Run the prompts through LlavaProcessor, which expands each <image> to N tokens"
         )
     # the k-th True position (in reading order) gets feature k: [H_q … H_v … H_q]
-    return inputs_embeds.masked_scatter(mask[..., None], flat.to(inputs_embeds.dtype))
+    return inputs_embeds.masked_scatter(
+        mask.to(device)[..., None], flat.to(device, inputs_embeds.dtype)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,7 +172,8 @@ class LlavaProcessor:
 
     def _pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
         T = max(len(r) for r in rows)
-        return torch.tensor([[value] * (T - len(r)) + r for r in rows], dtype=torch.long)
+        padded = [[value] * (T - len(r)) + r for r in rows]
+        return torch.tensor(padded, dtype=torch.long, device="cpu")  # host side, as the tokenizer
 
     def __call__(self, text, images) -> dict:
         """Full prompt texts (each with one <image>) and their images ->

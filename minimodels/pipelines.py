@@ -383,7 +383,8 @@ class DALLEPipeline:
         B, K = len(prompts), c.codebook_size
         guided = negatives is not None and guidance_scale != 1.0
         text = prior.text_tokens(prompts + negatives if guided else prompts)
-        soi = torch.full((len(text), 1), self.tokenizer.soi_token_id, dtype=torch.long)
+        soi = torch.full((len(text), 1), self.tokenizer.soi_token_id, dtype=torch.long,
+                         device=text.device)  # fmt: skip
         step_in = torch.cat([text, soi], 1).to(prior.device)  # (B or 2B, L + 1)
         cache: list = []
         codes = []

@@ -212,10 +212,10 @@ class Tokenizer:
             mask = [[1] * len(x) for x in ids]
             if return_tensors is not None and len({len(x) for x in ids}) > 1:
                 raise ValueError("texts of different lengths need padding=True for tensors")
-        if return_tensors == "pt":
+        if return_tensors == "pt":  # on the CPU, whatever torch's default device (as HF's)
             return {
-                "input_ids": torch.tensor(ids, dtype=torch.long),
-                "attention_mask": torch.tensor(mask, dtype=torch.long),
+                "input_ids": torch.tensor(ids, dtype=torch.long, device="cpu"),
+                "attention_mask": torch.tensor(mask, dtype=torch.long, device="cpu"),
             }
         return {"input_ids": ids, "attention_mask": mask}
 

@@ -169,8 +169,10 @@ class UNet2DModel(nn.Module):
         """An int, or an integer tensor (B,) or of one element -> (B,) on the model's device."""
         T = self.config.num_train_timesteps
         if isinstance(timestep, numbers.Integral) and not isinstance(timestep, bool):
-            timestep = torch.full((B,), check_int(timestep, "timestep", 0, T - 1))
-        check_tensor(timestep, "timestep", (0, 1), f"(B={B},) in [0, {T - 1}]")
+            t = check_int(timestep, "timestep", 0, T - 1)
+            timestep = torch.full((B,), t, device=self.device)  # made where the model is
+        check_tensor(timestep, "timestep", (0, 1), f"(B={B},) in [0, {T - 1}]",
+                     model_device=self.device)  # fmt: skip
         if timestep.numel() not in (1, B):
             raise ValueError(f"timestep must have B={B} entries or 1; got {timestep.numel()}")
         return timestep.reshape(-1).to(self.device).expand(B)

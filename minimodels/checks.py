@@ -234,6 +234,8 @@ def check_images(
         raise ValueError(f"{name} must be {size}×{size}; got shape {tuple(images.shape)}")
     if images.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (B = 0)")
+    if images.numel() == 0:
+        raise ValueError(f"{name} has no pixels; got shape {tuple(images.shape)}")
     if normalized:
         if not images.is_floating_point():
             raise TypeError(f"{name} must be float pixel values normalised by the model's image "

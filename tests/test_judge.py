@@ -6,7 +6,7 @@ import torch
 
 import minimodels
 from minimodels import shapeworld as sw
-from minimodels.judge import COLOR_CLASSES, prepare_images
+from minimodels.judge import COLOR_CLASSES, Judge, prepare_images
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +51,9 @@ def test_prepare_images_rejects_bad_input():
         prepare_images(torch.zeros(0, 3, 32, 32))
     with pytest.raises(TypeError, match="torch.Tensor"):
         prepare_images([[1, 2, 3]])
+
+
+def test_read_refuses_an_image_without_pixels():
+    # found by test_hostile's random tensors under older versions: min() of an empty tensor
+    with pytest.raises(ValueError, match="no pixels"):
+        Judge().read(torch.zeros(0, 0, 3))

@@ -41,7 +41,10 @@ def theirs(pipeline_cls, unet, config, steps=10, seed=0):
     pipe = pipeline_cls(unet, diffusers.DDPMScheduler.from_config(config))
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(seed)
-    return pipe, pipe(batch_size=2, generator=g, num_inference_steps=steps, output_type="pt").images
+    images = pipe(batch_size=2, generator=g, num_inference_steps=steps, output_type="pt").images
+    if not isinstance(images, torch.Tensor):  # diffusers before "pt": numpy, channels last
+        images = torch.from_numpy(images).permute(0, 3, 1, 2)
+    return pipe, images
 
 
 def ours(scheduler, unet, steps=10, seed=0):

@@ -5,6 +5,8 @@
 #   make slides      reveal.js slides of every notebook (_build/slides), for lecturing
 #   make screenshots headless Chromium pictures of built pages (_build/screenshots)
 #   make test        lint, package tests, every notebook (nbval), sync check, structural book build
+#   make test-torch-next   the package tests and notebooks under torch 2.14.1 (.venv-torch-next)
+#   make test-oldest the same under the oldest versions pyproject.toml allows (.venv-oldest)
 #   make lab         JupyterLab on the notebooks
 #   make notebooks   regenerate notebooks/*.ipynb from lectures_src/*.md
 #   make clean       remove _build and caches (make distclean also removes .venv)
@@ -30,7 +32,7 @@ BOOK := $(PY) tools/coursebook.py
 JB_FLAGS := --all -W -n --keep-going  # --all: a fresh environment, so every page is checked
 STRUCTURAL := _build/structural
 
-.PHONY: help book book-instructor slides screenshots test lint pytest structural lab notebooks check-notebooks vendor-js clean distclean
+.PHONY: help book book-instructor slides screenshots test test-torch-next test-oldest lint pytest structural lab notebooks check-notebooks vendor-js clean distclean
 
 help:
 	@sed -n "s/^#   make/make/p" Makefile
@@ -103,6 +105,16 @@ pytest: | $(STAMP)
 	OMP_NUM_THREADS=1 MINIMODELS_CLAIMS=strict $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile \
 		tests notebooks --nbval-lax --nbval-current-env
 
+# The version range, tested: the same pytest run in a venv of its own, under the newest torch on
+# this machine's disk (a CUDA build, run on the CPU; Colab is ahead of our pin) and under the
+# lower bounds of pyproject.toml (tools/oldest.py pins each `>=` to its bound).
+test-torch-next:
+	$(MAKE) pytest VENV=.venv-torch-next TORCH_SPEC="torch==2.14.1"
+
+test-oldest:
+	$(PYTHON) tools/oldest.py > .oldest-constraints.txt
+	PIP_CONSTRAINT=$(CURDIR)/.oldest-constraints.txt $(MAKE) pytest VENV=.venv-oldest
+
 # The book built from the notebooks as they are (no outputs, no execution), warnings as errors:
 # catches broken links, citations and toc entries in seconds.
 structural: | $(STAMP)
@@ -121,4 +133,4 @@ clean:
 		-type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) .venv-torch-next .venv-oldest .oldest-constraints.txt *.egg-info

@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shapeworld_checks import check_scene, spec
 
@@ -94,7 +94,8 @@ def test_objects_in_reading_order(train_scenes):
         assert cells == sorted(cells)
 
 
-@settings(max_examples=12, deadline=None)
+# data_too_large: hypothesis 6.90 (our lower bound) counts 2**63 seeds as oversized draws
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.data_too_large])
 @given(
     split=st.sampled_from(sw.SPLITS),
     n=st.integers(1, 4),

@@ -11,19 +11,19 @@ import torch.nn.functional as F
 from minimodels import shapeworld as sw
 from minimodels.data.captions import hard_negative, random_negative, relation_negative
 from minimodels.recipes.alignment import (
+    RELATION_CURRICULUM,
     TOKENIZER,
     fusion_forward,
     itm_pairs,
     itm_scores,
     mlm_accuracy,
+    relation_batch,
 )
 from minimodels.recipes.vilbert import (
-    RELATION_CURRICULUM,
     evaluate_vilbert,
     load_vilbert,
     mask_tokens,
     pretraining_losses,
-    relation_batch,
     soft_region_targets,
     train_vilbert,
     training_batch,

@@ -10,6 +10,9 @@ relation swap::
     itm_scores(model, data["images"], data["scenes"], data["hard"])   # ViLBERT or ViLT
     alignment_figures(model, data, seed=1)                             # their accuracies
 
+It also holds the relation swaps as training batches (`relation_batch`, `relation_itm_loss`,
+`RELATION_CURRICULUM`), which ViLBERT's relation phase (recipes/vilbert.py) learns from.
+
 The recipes of ViLBERT and ViLT (training, loading, `evaluate_NAME`) build on it.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from minimodels.data.captions import (
     NUM_TEMPLATES,
@@ -26,8 +30,8 @@ from minimodels.data.captions import (
     relation_negative,
 )
 from minimodels.data.images import to_tensor
-from minimodels.data.shapeworld import generate
-from minimodels.data.world import COLORS, SHAPES
+from minimodels.data.shapeworld import generate, render, sample_scenes
+from minimodels.data.world import COLORS, RELATIONS, SHAPES
 from minimodels.text import Tokenizer
 from minimodels.vilbert import ViLBERT, regions_from_scenes
 from minimodels.vilt import ViLT
@@ -189,3 +193,57 @@ def crowded_pairs(seed: int, n: int, image_size: int = 32) -> dict:
     (template 3 keeps the caption within 40 tokens): one vector per image has to hold more,
     one token per region does not."""
     return itm_pairs(seed, max(1, n // 2), image_size, min_objects=5, max_objects=5, template=3)
+
+
+# The relation phase's curriculum: the relation words it trains on, added one stage at a time
+# (with one word the label depends on one comparison of positions; with all four at once the
+# loss sat at ln 2 in every run tried, see vilbert.json `notes`).
+RELATION_CURRICULUM = (
+    ("to the left of",),
+    ("to the left of", "to the right of"),
+    ("to the left of", "to the right of", "above", "below"),
+)
+
+
+def relation_batch(
+    step: int, batch_size: int = 64, seed: int = 0, image_size: int = 32, words=RELATIONS
+) -> dict:
+    """`train` scenes of 2 or 3 objects, each with a relation pair (`relation_negative`, named
+    in reading order or the converse, half each): the relation caption, or its swap with
+    probability 1/2. Only pairs whose relation is one of `words`. Nothing is masked: a masked
+    'left' or 'circle' would leave the label a guess. Keys as `training_batch`'s, less the
+    masking targets."""
+    rng = np.random.default_rng([seed, step, 12])
+    scenes, captions, aligned, draw = [], [], [], 0
+    while len(scenes) < batch_size:
+        stream = 7 * (1_000_000 * (seed + 1) + step) + draw  # apart from training_batch's
+        draw += 1
+        for s in sample_scenes("train", batch_size, stream, image_size, min_objects=2):
+            pair = relation_negative(s, converse=bool(rng.random() < 0.5))
+            # the relation is in the first clause ('a X <relation> a Y [and a Z at ...]')
+            if pair is None or not any(f" {w} a " in pair[0].split(" and a ")[0] for w in words):
+                continue
+            negative = bool(rng.random() < 0.5)
+            scenes.append(s)
+            captions.append(pair[int(negative)])
+            aligned.append(int(not negative))
+            if len(scenes) == batch_size:
+                break
+    tokens = TOKENIZER(captions, max_length=40)
+    regions = regions_from_scenes(scenes)
+    return {
+        "images": to_tensor(render(scenes, image_size)),  # uint8 (B, 3, H, W)
+        "input_ids": tokens["input_ids"],
+        "attention_mask": tokens["attention_mask"],
+        "boxes": regions["boxes"],
+        "region_mask": regions["region_mask"],
+        "itm_labels": torch.tensor(aligned),  # (B,) 1 = the caption is true
+    }
+
+
+def relation_itm_loss(model: ViLBERT, batch: dict) -> torch.Tensor:
+    """Cross-entropy of the alignment head on a `relation_batch`."""
+    ids, images, boxes = batch["input_ids"], batch["images"], batch["boxes"]
+    out = model(ids, images, boxes, attention_mask=batch["attention_mask"],
+                region_mask=batch["region_mask"])  # fmt: skip
+    return F.cross_entropy(out.itm_logits, batch["itm_labels"].to(model.device))

@@ -31,8 +31,9 @@ from minimodels.data.captions import (
 )
 from minimodels.data.images import to_tensor
 from minimodels.data.shapeworld import generate, render, sample_scenes
-from minimodels.data.world import ANSWERS, COLORS, RELATIONS, SHAPES
+from minimodels.data.world import ANSWERS, COLORS, SHAPES
 from minimodels.recipes.alignment import (
+    RELATION_CURRICULUM,
     TOKENIZER,
     alignment_figures,
     clip_image_embeddings,
@@ -40,6 +41,8 @@ from minimodels.recipes.alignment import (
     crowded_pairs,
     itm_pairs,
     itm_scores,
+    relation_batch,
+    relation_itm_loss,
 )
 from minimodels.recipes.clip import load_clip
 from minimodels.train import fit, get_device, seed_everything
@@ -244,60 +247,6 @@ def pretraining_losses(model: ViLBERT, batch: dict) -> dict[str, torch.Tensor]:
 def vilbert_training_loss(model: ViLBERT, batch: dict) -> torch.Tensor:
     """The sum of `pretraining_losses`: what `train_vilbert` minimises."""
     return sum(pretraining_losses(model, batch).values())
-
-
-# The relation phase's curriculum: the relation words it trains on, added one stage at a time
-# (with one word the label depends on one comparison of positions; with all four at once the
-# loss sat at ln 2 in every run tried, see vilbert.json `notes`).
-RELATION_CURRICULUM = (
-    ("to the left of",),
-    ("to the left of", "to the right of"),
-    ("to the left of", "to the right of", "above", "below"),
-)
-
-
-def relation_batch(
-    step: int, batch_size: int = 64, seed: int = 0, image_size: int = 32, words=RELATIONS
-) -> dict:
-    """`train` scenes of 2 or 3 objects, each with a relation pair (`relation_negative`, named
-    in reading order or the converse, half each): the relation caption, or its swap with
-    probability 1/2. Only pairs whose relation is one of `words`. Nothing is masked: a masked
-    'left' or 'circle' would leave the label a guess. Keys as `training_batch`'s, less the
-    masking targets."""
-    rng = np.random.default_rng([seed, step, 12])
-    scenes, captions, aligned, draw = [], [], [], 0
-    while len(scenes) < batch_size:
-        stream = 7 * (1_000_000 * (seed + 1) + step) + draw  # apart from training_batch's
-        draw += 1
-        for s in sample_scenes("train", batch_size, stream, image_size, min_objects=2):
-            pair = relation_negative(s, converse=bool(rng.random() < 0.5))
-            # the relation is in the first clause ('a X <relation> a Y [and a Z at ...]')
-            if pair is None or not any(f" {w} a " in pair[0].split(" and a ")[0] for w in words):
-                continue
-            negative = bool(rng.random() < 0.5)
-            scenes.append(s)
-            captions.append(pair[int(negative)])
-            aligned.append(int(not negative))
-            if len(scenes) == batch_size:
-                break
-    tokens = TOKENIZER(captions, max_length=40)
-    regions = regions_from_scenes(scenes)
-    return {
-        "images": to_tensor(render(scenes, image_size)),  # uint8 (B, 3, H, W)
-        "input_ids": tokens["input_ids"],
-        "attention_mask": tokens["attention_mask"],
-        "boxes": regions["boxes"],
-        "region_mask": regions["region_mask"],
-        "itm_labels": torch.tensor(aligned),  # (B,) 1 = the caption is true
-    }
-
-
-def relation_itm_loss(model: ViLBERT, batch: dict) -> torch.Tensor:
-    """Cross-entropy of the alignment head on a `relation_batch`."""
-    ids, images, boxes = batch["input_ids"], batch["images"], batch["boxes"]
-    out = model(ids, images, boxes, attention_mask=batch["attention_mask"],
-                region_mask=batch["region_mask"])  # fmt: skip
-    return F.cross_entropy(out.itm_logits, batch["itm_labels"].to(model.device))
 
 
 def relation_phase(

@@ -22,12 +22,12 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import nbformat
 import torch
 from nbrun import CPU_BUDGET_S, Client
+from nbrun import cell_seconds as _cell_seconds
 
 import minimodels
 from minimodels import shapeworld as sw
@@ -95,18 +95,6 @@ def run_notebook(path: Path, timeout: int = 600, notebook=None) -> tuple[float, 
         print(f"warning: {path.name}: {wall:.0f} s in all but {sum(cells):.0f} s in its cells",
               file=sys.stderr, flush=True)  # fmt: skip
     return wall, cpu
-
-
-def _cell_seconds(nb) -> list[float]:
-    """Each executed code cell's time from nbclient's timing metadata (busy -> idle)."""
-    out = []
-    for cell in nb.cells:
-        ex = cell.get("metadata", {}).get("execution", {})
-        if "iopub.status.busy" in ex and "iopub.status.idle" in ex:
-            busy, idle = (datetime.fromisoformat(ex[k].replace("Z", "+00:00"))
-                          for k in ("iopub.status.busy", "iopub.status.idle"))  # fmt: skip
-            out.append((idle - busy).total_seconds())
-    return out
 
 
 def bench_notebooks(repeats: int = 3, pattern: str = "*.ipynb") -> dict:

@@ -20,6 +20,7 @@ myst-nb creates the client itself.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from queue import Empty
 
 from nbclient import NotebookClient
@@ -84,24 +85,28 @@ def stall_notebook(cells: int = 6):
     return new_notebook(cells=body)
 
 
+def cell_seconds(nb) -> list[float]:
+    """Each executed code cell's time from nbclient's timing metadata (busy -> idle)."""
+    out = []
+    for cell in nb.cells:
+        ex = cell.get("metadata", {}).get("execution", {})
+        if "iopub.status.busy" in ex and "iopub.status.idle" in ex:
+            busy, idle = (datetime.fromisoformat(ex[k].replace("Z", "+00:00"))
+                          for k in ("iopub.status.busy", "iopub.status.idle"))  # fmt: skip
+            out.append((idle - busy).total_seconds())
+    return out
+
+
 def count_stalls(runs: int, client_class, timeout: int = 15) -> list[float]:
     """Run `stall_notebook` `runs` times; returns each run's seconds spent outside its cells
     (kernel start and stop take a few; a lost wake-up adds the `timeout`)."""
-    from datetime import datetime
-
-    def seconds(cell):
-        ex = cell.metadata["execution"]
-        busy, idle = (datetime.fromisoformat(ex[k].replace("Z", "+00:00"))
-                      for k in ("iopub.status.busy", "iopub.status.idle"))  # fmt: skip
-        return (idle - busy).total_seconds()
-
     outside = []
     for _ in range(runs):
         nb = stall_notebook()
         client = client_class(nb, timeout=timeout, kernel_name="python3", record_timing=True)
         start = time.perf_counter()
         client.execute()
-        outside.append(time.perf_counter() - start - sum(seconds(c) for c in nb.cells))
+        outside.append(time.perf_counter() - start - sum(cell_seconds(nb)))
     return outside
 
 
